@@ -1,0 +1,34 @@
+# Set-up-and-go targets. Each creates .venv and installs what it needs on first use.
+#   make demo   the main job on the embedded corpus (offline, CPU)
+#   make test   the whole test suite
+# A CPU torch is installed before anything else so that pip never pulls the CUDA build;
+# on machines whose pip would fetch a CUDA torch, point TORCH_INDEX at PyTorch's CPU wheel index.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= dense,pyserini,dev
+
+.PHONY: install demo test benchmarks clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/reranker demo
+
+test: install
+	$(BIN)/python -m pytest
+
+benchmarks: install
+	$(BIN)/python benchmarks/bm25_baseline.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

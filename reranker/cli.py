@@ -1,0 +1,206 @@
+"""The ``reranker`` command: one entry point, one subcommand per job.
+
+Every command that reads data takes the same data-set spec (see
+:mod:`reranker.io.dataset`), so it runs on any data set the user has. Input errors are
+printed as one line (``error: ...``) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import RerankerError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Distil LLM relevance labels into a small re-ranker; retrieve, re-rank and evaluate.",
+)
+log = logging.getLogger("reranker")
+
+# --- options shared by every command that reads a data set -----------------------------
+DatasetArg = Annotated[str, typer.Argument(help="Data set: BEIR folder or .zip, corpus .jsonl, TREC DL .json, folder of documents, or an ir_datasets id (irds:ID).")]
+SplitOpt = Annotated[str, typer.Option(help="BEIR split whose qrels (and queries) to use.")]
+QueriesOpt = Annotated[Optional[Path], typer.Option(help="Queries file (JSONL, or 'qid<TAB>text'), replacing the data set's.")]
+QrelsOpt = Annotated[Optional[Path], typer.Option(help="Qrels file (TREC or BEIR TSV), replacing the data set's.")]
+WordsOpt = Annotated[int, typer.Option(help="Folders of documents: words per passage.")]
+OverlapOpt = Annotated[int, typer.Option(help="Folders of documents: words shared by neighbouring passages.")]
+ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Backend parameter KEY=VALUE (e.g. k1=0.9, model=PATH); repeatable.")]
+
+
+def _dataset(spec: str, split: str, queries: Optional[Path], qrels: Optional[Path], words: int, overlap: int):
+    from .io.dataset import load_dataset
+    from .io.documents import ChunkConfig
+
+    start = time.perf_counter()
+    ds = load_dataset(spec, split=split, queries=queries, qrels=qrels, chunking=ChunkConfig(words, overlap))
+    log.info("loaded %r in %.1f s", ds, time.perf_counter() - start)
+    return ds
+
+
+def _params(items: Optional[list[str]]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RerankerError(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debugging detail.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")] = False,
+):
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("bm25s", "numba", "sentence_transformers", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+@app.command()
+def index(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write.")],
+    backend: Annotated[str, typer.Option(help="bm25s, pyserini or dense.")] = "bm25s",
+    param: ParamOpt = None,
+    split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
+    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+):
+    """Build a first-stage index over a data set's corpus and save it to a folder."""
+    from .retrieval import build_index
+
+    ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
+    start = time.perf_counter()
+    build_index(ds.corpus, backend, out, corpus_name=ds.name, **_params(param))
+    typer.echo(f"indexed {len(ds.corpus)} documents of {ds.name} with {backend} into {out} in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def retrieve(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="TREC run file to write.")],
+    index_dir: Annotated[Optional[list[Path]], typer.Option("--index", help="Index folder (repeatable: several are fused).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(help="Build an index in memory with this backend (repeatable).")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query.")] = 100,
+    fusion: Annotated[str, typer.Option(help="How to fuse several retrievers: rrf, wsum, combsum, ...")] = "rrf",
+    rrf_k: Annotated[int, typer.Option(help="The k of reciprocal rank fusion.")] = 60,
+    weights: Annotated[Optional[str], typer.Option(help="Comma-separated fusion weights, one per retriever.")] = None,
+    per_document: Annotated[bool, typer.Option(help="Folders of documents: rank documents by their best passage (MaxP).")] = False,
+    param: ParamOpt = None,
+    split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
+    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+):
+    """Retrieve the top-k documents for every query of a data set and write a TREC run."""
+    from .io.documents import document_run
+    from .io.trec import write_run
+    from .retrieval import build_index, fuse, open_index
+
+    if k < 1:
+        raise RerankerError(f"--k must be at least 1, got {k}")
+    ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
+    qs = ds.require_queries()
+    retrievers = []
+    for path in index_dir or []:
+        r = open_index(path)
+        if r.num_docs != len(ds.corpus):
+            log.warning("index %s has %d documents but %s has %d; is it the same corpus?", path, r.num_docs, ds.name, len(ds.corpus))
+        retrievers.append(r)
+    for name in backend or ([] if retrievers else ["bm25s"]):
+        retrievers.append(build_index(ds.corpus, name, corpus_name=ds.name, **_params(param)))
+    start = time.perf_counter()
+    depth = max(k, 1000) if len(retrievers) > 1 or per_document else k
+    runs = [r.search_queries(qs, depth) for r in retrievers]
+    if len(runs) > 1:
+        w = [float(x) for x in weights.split(",")] if weights else None
+        run = fuse(runs, fusion, k=rrf_k, weights=w)
+    else:
+        run = runs[0]
+    if per_document:
+        run = document_run(run)
+    run = run.top_k(k)
+    write_run(out, run)
+    typer.echo(f"wrote {run.num_entries()} results for {len(run)} of {len(qs)} queries to {out} in {time.perf_counter() - start:.1f} s")
+
+
+def _load_qrels(spec: str, split: str):
+    from .io.dataset import load_dataset
+    from .io.trec import read_qrels
+
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() not in (".zip", ".json", ".jsonl"):
+        return read_qrels(path)
+    return load_dataset(spec, split=split).require_qrels()
+
+
+@app.command()
+def evaluate(
+    qrels: Annotated[str, typer.Argument(help="Qrels file (TREC or BEIR TSV), or a data-set spec whose qrels to use.")],
+    runs: Annotated[list[Path], typer.Argument(help="TREC run files.")],
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="ranx metric (repeatable); default nDCG@10, MRR@10, Recall@100, MAP. Add -l2 for relevance level 2 (map-l2).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {run: {metric: value}} as JSON.")] = False,
+    test: Annotated[str, typer.Option(help="Paired significance test: student, fisher or tukey.")] = "student",
+    max_p: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the report here: FILE.md (table) and FILE.json (scores and p-values).")] = None,
+    split: SplitOpt = "test",
+):
+    """Evaluate runs against qrels, with paired significance tests between runs."""
+    from .evaluation import DEFAULT_METRICS, compare
+    from .io.trec import read_run
+
+    q = _load_qrels(qrels, split)
+    loaded = [read_run(p) for p in runs]
+    cmp = compare(q, loaded, metric or list(DEFAULT_METRICS), test=test, max_p=max_p)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.with_suffix(".md").write_text(cmp.to_markdown() + "\n")
+        report.with_suffix(".json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(cmp.scores, indent=2))
+    else:
+        typer.echo(cmp.to_markdown())
+
+
+@app.command()
+def backends():
+    """List the retrieval backends and the extra each needs."""
+    from .retrieval import BACKENDS
+
+    for name, spec in BACKENDS.items():
+        typer.echo(f"{name:10s} {spec.description} (extra: {spec.extra})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path("runs/demo"),
+):
+    """The main job on the embedded corpus: BM25, dense and hybrid retrieval, evaluated (offline, about a minute)."""
+    from .demo import run_demo
+
+    typer.echo(run_demo(out))
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except RerankerError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
