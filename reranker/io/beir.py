@@ -28,6 +28,8 @@ class _Source:
         self.path = path
         self.zip: zipfile.ZipFile | None = None
         self.root = ""
+        if not path.exists():
+            raise RerankerError(f"{path}: no such file or folder")
         if path.is_dir():
             return
         try:

@@ -57,7 +57,7 @@ def write_run(path: str | Path, run: Run, tag: str | None = None) -> None:
     with tmp.open("w", encoding="utf-8") as f:
         for qid in run:
             for hit in run.ranking(qid):
-                f.write(f"{qid} Q0 {hit.doc_id} {hit.rank} {hit.score:.6f} {tag}\n")
+                f.write(f"{qid} Q0 {hit.doc_id} {hit.rank} {hit.score!r} {tag}\n")  # repr: exact round trip, no false ties
     tmp.replace(path)
 
 
@@ -117,9 +117,10 @@ def read_topics_stream(stream: IO[str], name: str) -> dict[str, Query]:
         if "\t" not in line:
             raise DataFormatError(name, lineno, "expected 'qid<TAB>query text'")
         qid, text = line.split("\t", 1)
+        qid = qid.strip()
         if qid in queries:
             raise DataFormatError(name, lineno, f"query id {qid!r} appears twice")
-        queries[qid] = Query(qid.strip(), text.strip())
+        queries[qid] = Query(qid, text.strip())
     return queries
 
 

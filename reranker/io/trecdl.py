@@ -32,6 +32,8 @@ def load_trec_dl_candidates(path: str | Path, qrels_path: str | Path | None = No
         if not isinstance(entry, dict) or "query" not in entry or not isinstance(entry.get("hits"), list):
             raise DataFormatError(path, None, f'{where}: expected {{"query": str, "hits": [...]}}')
         for j, hit in enumerate(entry["hits"]):
+            if not isinstance(hit, dict):
+                raise DataFormatError(path, None, f"{where}, hit {j}: expected an object, got {type(hit).__name__}")
             missing = [k for k in ("qid", "docid", "score", "content") if k not in hit]
             if missing:
                 raise DataFormatError(path, None, f"{where}, hit {j}: missing {', '.join(missing)}")
@@ -39,6 +41,10 @@ def load_trec_dl_candidates(path: str | Path, qrels_path: str | Path | None = No
             queries.setdefault(qid, Query(qid, str(entry["query"])))
             if docid not in corpus:
                 corpus.add(Document(docid, str(hit["content"])))
-            run.add(qid, docid, float(hit["score"]))
+            try:
+                score = float(hit["score"])
+            except (TypeError, ValueError):
+                raise DataFormatError(path, None, f"{where}, hit {j}: score must be a number, got {hit['score']!r}") from None
+            run.add(qid, docid, score)
     qrels = read_qrels(qrels_path) if qrels_path else None
     return Dataset(name=path.stem, corpus=corpus, queries=queries, qrels=qrels, run=run)

@@ -9,6 +9,7 @@ also wants ``OPENAI_API_KEY`` set at import time; a placeholder is set if it is 
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import logging
@@ -73,6 +74,7 @@ class PyseriniRetriever(Retriever):
         from pyserini.index.lucene import LuceneIndexer
 
         self._tmp_index = Path(tempfile.mkdtemp(prefix="pyserini-"))
+        atexit.register(shutil.rmtree, self._tmp_index, ignore_errors=True)
         indexer = LuceneIndexer(str(self._tmp_index / "lucene"), threads=self.params["threads"])
         for doc in corpus:
             indexer.add_doc_dict({"id": doc.id, "contents": doc.contents})

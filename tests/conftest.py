@@ -1,0 +1,77 @@
+"""Shared fixtures: the real data sets in ../shared (skipped when absent) and a tiny BEIR folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(
+            f"../shared not present: {what} expected at {path} "
+            "(the shared data sets live beside the checkout; see ../shared/README.md)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The ``../shared`` folder beside the checkout; skips the test when it is missing."""
+    return _require(SHARED, "the shared folder")
+
+
+@pytest.fixture(scope="session")
+def scifact_zip(shared: Path) -> Path:
+    """BEIR SciFact as a zip (``scifact/corpus.jsonl``, ``scifact/queries.jsonl``, ``scifact/qrels/*.tsv``)."""
+    return _require(shared / "datasets" / "beir" / "scifact.zip", "BEIR SciFact zip")
+
+
+@pytest.fixture(scope="session")
+def trec_dl(shared: Path) -> Path:
+    """The TREC DL 2019 folder (bm25-top100.json / .trec, qrels.txt, topics.tsv)."""
+    folder = _require(shared / "datasets" / "trec-dl-2019", "the TREC DL 2019 folder")
+    for name in ("bm25-top100.json", "bm25-top100.trec", "qrels.txt", "topics.tsv"):
+        _require(folder / name, f"TREC DL 2019 file {name}")
+    return folder
+
+
+TINY_DOCS = [
+    {"_id": "d1", "title": "Solar power", "text": "Photovoltaic panels turn sunlight into electricity."},
+    {"_id": "d2", "title": "Wind power", "text": "Wind turbines convert kinetic energy of air into electricity."},
+    {"_id": "d3", "title": "Coal", "text": "Burning coal releases carbon dioxide."},
+    {"_id": "d4", "title": "Batteries", "text": "Lithium-ion batteries store energy for later use."},
+    {"_id": "d5", "title": "Hydro", "text": "Dams use falling water to drive generators."},
+    {"_id": "d6", "title": "Nuclear", "text": "Fission of uranium releases heat that makes steam."},
+]
+TINY_QUERIES = [
+    {"_id": "q1", "text": "how do solar panels work"},
+    {"_id": "q2", "text": "energy storage"},
+    {"_id": "q3", "text": "renewable energy from wind"},
+    {"_id": "q4", "text": "carbon emissions of fossil fuels"},
+    {"_id": "q5", "text": "a query nobody judged"},
+]
+# test: q1, q2 judged; train: q3, q4 judged; q5 judged nowhere.
+TINY_TEST_QRELS = [("q1", "d1", 2), ("q1", "d4", 0), ("q2", "d4", 1)]
+TINY_TRAIN_QRELS = [("q3", "d2", 1), ("q4", "d3", 1), ("q4", "d1", 0)]
+
+
+def write_tiny_beir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in TINY_DOCS), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in TINY_QUERIES), encoding="utf-8")
+    for split, rows in (("test", TINY_TEST_QRELS), ("train", TINY_TRAIN_QRELS)):
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{g}" for q, d, g in rows]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def tiny_beir(tmp_path: Path) -> Path:
+    """A tiny BEIR folder: 6 titled docs, 5 queries, qrels/test.tsv (q1, q2) and qrels/train.tsv (q3, q4)."""
+    return write_tiny_beir(tmp_path / "tiny")
