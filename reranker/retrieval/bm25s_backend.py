@@ -13,6 +13,14 @@ from .base import Retriever
 log = logging.getLogger(__name__)
 
 
+def _bm25s():
+    """Import bm25s, undoing the DEBUG level it gives its own logger at import time."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    return bm25s
+
+
 class BM25sRetriever(Retriever):
     """BM25 over title + text, lower-cased, English stop words removed, Snowball-stemmed.
 
@@ -34,13 +42,10 @@ class BM25sRetriever(Retriever):
         return Stemmer.Stemmer(self.params["stemmer"])
 
     def _tokenize(self, texts: list[str]):
-        import bm25s
-
-        return bm25s.tokenize(texts, stopwords=self.params["stopwords"], stemmer=self._stemmer(), show_progress=False)
+        return _bm25s().tokenize(texts, stopwords=self.params["stopwords"], stemmer=self._stemmer(), show_progress=False)
 
     def index(self, corpus: Corpus) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         docs = list(corpus)
         self._ids = [d.id for d in docs]
         tokens = self._tokenize([d.contents for d in docs])
@@ -66,7 +71,5 @@ class BM25sRetriever(Retriever):
         (path / "doc_ids.json").write_text(json.dumps(self._ids))
 
     def _load(self, path: Path) -> None:
-        import bm25s
-
-        self._model = bm25s.BM25.load(str(path / "bm25s"), mmap=True)
+        self._model = _bm25s().BM25.load(str(path / "bm25s"), mmap=True)
         self._ids = json.loads((path / "doc_ids.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from ..errors import RerankerError
@@ -37,7 +38,9 @@ def fuse(runs: Sequence[Run], method: str = "rrf", k: int = 60, weights: Sequenc
     if weights is not None:
         params["weights"] = list(weights)
     norm = "min-max" if method in ("wsum", "combsum", "combmnz") else None
-    fused = ranx_fuse(padded, norm=norm, method=method, params=params)
+    with warnings.catch_warnings():  # numba's int cast notes inside ranx
+        warnings.filterwarnings("ignore", message=".*unsafe cast.*")
+        fused = ranx_fuse(padded, norm=norm, method=method, params=params)
     out = Run(name=name or f"{method}(" + ",".join(r.name or "?" for r in runs) + ")")
     for qid, docs in fused.to_dict().items():
         for docid, score in docs.items():
