@@ -76,7 +76,9 @@ class PyseriniRetriever(Retriever):
         self._tmp_index = Path(tempfile.mkdtemp(prefix="pyserini-"))
         atexit.register(shutil.rmtree, self._tmp_index, ignore_errors=True)
         indexer = LuceneIndexer(str(self._tmp_index / "lucene"), threads=self.params["threads"])
-        for doc in corpus:
+        from tqdm.auto import tqdm
+
+        for doc in tqdm(corpus, desc="Lucene indexing", unit="doc", disable=not log.isEnabledFor(logging.INFO)):
             indexer.add_doc_dict({"id": doc.id, "contents": doc.contents})
         indexer.close()
         self._open(self._tmp_index / "lucene")
