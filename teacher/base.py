@@ -1,0 +1,170 @@
+"""The teacher protocol: score query–passage pairs with soft relevance labels.
+
+A teacher maps pairs to :class:`Judgement` s: a raw ``score`` (a logit-scale number; higher
+is more relevant) and a ``label`` in [0, 1] (the soft label: P(relevant), or an expected
+grade scaled to [0, 1]). Backends are chosen by name from :data:`TEACHERS` and imported
+only when asked for, with an install hint when their packages are missing.
+
+Teachers receive whole query groups (all candidates of a query in one call), so a
+teacher may normalise scores within a query (the ensemble does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from reranker.errors import MissingDependencyError, RerankerError
+
+
+class TeacherError(RerankerError):
+    """A teacher could not score pairs (unreachable endpoint, a model without the answer tokens, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One query–passage pair to label."""
+
+    query_id: str
+    doc_id: str
+    query: str
+    document: str
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    score: float
+    label: float
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class Teacher(ABC):
+    """Scores pairs. Subclasses set ``name`` and implement :meth:`score_batch`.
+
+    ``params`` (the constructor's keywords) and ``prompt_version`` make up the
+    :attr:`fingerprint`, which keys the label store: labels of another configuration are
+    never mixed with these.
+    """
+
+    name: ClassVar[str]
+    prompt_version: str = "-"
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    @abstractmethod
+    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
+        """Judgements for ``pairs``, in order (one per pair)."""
+
+    @property
+    def fingerprint(self) -> str:
+        """``name:hash`` of the configuration that determines the scores."""
+        blob = json.dumps({"params": self.params, "prompt": self.prompt_version}, sort_keys=True, default=str)
+        return f"{self.name}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def warm_up(self) -> None:
+        """Load models now (called once before labelling starts); by default nothing."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"teacher": self.name, "fingerprint": self.fingerprint, "prompt_version": self.prompt_version, "params": self.params}
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    module: str
+    cls: str
+    extra: str
+    description: str
+
+
+TEACHERS: dict[str, TeacherSpec] = {
+    "bm25": TeacherSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
+    "bi-encoder": TeacherSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
+    "cross-encoder": TeacherSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
+    "hf": TeacherSpec("teacher.backends.hf", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
+    "llama-cpp": TeacherSpec("teacher.backends.llama_cpp", "LlamaCppTeacher", "gguf", "GGUF model on CPU with llama-cpp-python"),
+    "openai": TeacherSpec("teacher.backends.openai_api", "OpenAITeacher", "openai", "any OpenAI-compatible server, via logprobs"),
+    "vllm": TeacherSpec("teacher.backends.vllm_engine", "VLLMTeacher", "vllm", "vLLM offline engine on GPUs"),
+    "ensemble": TeacherSpec("teacher.backends.ensemble", "EnsembleTeacher", "core", "weighted fusion of other teachers"),
+}
+
+
+def get_teacher_class(name: str) -> type[Teacher]:
+    spec = TEACHERS.get(name)
+    if spec is None:
+        raise RerankerError(f"unknown teacher {name!r}; choose one of: {', '.join(TEACHERS)}")
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise MissingDependencyError(f"the {name!r} teacher", spec.extra, exc) from exc
+    return getattr(module, spec.cls)
+
+
+def make_teacher(name: str, **params: Any) -> Teacher:
+    """Build the teacher registered as ``name`` with ``params``; unknown parameters are a clear error."""
+    cls = get_teacher_class(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise RerankerError(f"teacher {name!r}: {exc}") from None
+
+
+# --- query generation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One generated text with the generator's mean token log-probability (0.0 when unknown)."""
+
+    text: str
+    mean_logprob: float
+
+
+class QueryGenerator(ABC):
+    """Writes text continuations of prompts (synthetic queries). Subclasses set ``name``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    @abstractmethod
+    def generate(
+        self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, max_tokens: int = 32,
+        stop: Sequence[str] = ("\n",), seed: int | None = None,
+    ) -> list[list[Generated]]:
+        """``n`` continuations per prompt (greedy when ``temperature`` is 0), each cut at the first stop string."""
+
+
+GENERATORS: dict[str, TeacherSpec] = {
+    "extractive": TeacherSpec("teacher.generate", "ExtractiveGenerator", "core", "a sentence of the passage (inverse cloze task)"),
+    "hf": TeacherSpec("teacher.backends.hf", "HFGenerator", "llm", "transformers causal LM"),
+    "llama-cpp": TeacherSpec("teacher.backends.llama_cpp", "LlamaCppGenerator", "gguf", "GGUF model on CPU"),
+    "openai": TeacherSpec("teacher.backends.openai_api", "OpenAIGenerator", "openai", "any OpenAI-compatible server"),
+}
+
+
+def make_generator(name: str, **params: Any) -> QueryGenerator:
+    spec = GENERATORS.get(name)
+    if spec is None:
+        raise RerankerError(f"unknown query generator {name!r}; choose one of: {', '.join(GENERATORS)}")
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise MissingDependencyError(f"the {name!r} query generator", spec.extra, exc) from exc
+    try:
+        return getattr(module, spec.cls)(**params)
+    except TypeError as exc:
+        raise RerankerError(f"query generator {name!r}: {exc}") from None
