@@ -190,6 +190,15 @@ def demo(
     typer.echo(run_demo(out))
 
 
+def _register_plugins() -> None:
+    from teacher.cli import register as register_teacher
+
+    register_teacher(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -77,6 +77,9 @@ class Teacher(ABC):
     def warm_up(self) -> None:
         """Load models now (called once before labelling starts); by default nothing."""
 
+    def prepare(self, corpus) -> None:
+        """Called once with the :class:`~reranker.records.Corpus` before labelling (BM25 needs its statistics)."""
+
     def describe(self) -> dict[str, Any]:
         return {"teacher": self.name, "fingerprint": self.fingerprint, "prompt_version": self.prompt_version, "params": self.params}
 
@@ -93,7 +96,7 @@ TEACHERS: dict[str, TeacherSpec] = {
     "bm25": TeacherSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
     "bi-encoder": TeacherSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
     "cross-encoder": TeacherSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
-    "hf": TeacherSpec("teacher.backends.hf", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
+    "hf": TeacherSpec("teacher.backends.hf_teacher", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
     "llama-cpp": TeacherSpec("teacher.backends.llama_cpp", "LlamaCppTeacher", "gguf", "GGUF model on CPU with llama-cpp-python"),
     "openai": TeacherSpec("teacher.backends.openai_api", "OpenAITeacher", "openai", "any OpenAI-compatible server, via logprobs"),
     "vllm": TeacherSpec("teacher.backends.vllm_engine", "VLLMTeacher", "vllm", "vLLM offline engine on GPUs"),
@@ -133,9 +136,14 @@ class Generated:
 
 
 class QueryGenerator(ABC):
-    """Writes text continuations of prompts (synthetic queries). Subclasses set ``name``."""
+    """Writes text continuations of prompts (synthetic queries). Subclasses set ``name``.
+
+    A generator with ``takes_documents = True`` (the extractive one) is given the passages
+    themselves instead of rendered prompts.
+    """
 
     name: ClassVar[str]
+    takes_documents: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         self.params = params

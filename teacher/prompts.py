@@ -7,6 +7,9 @@ write ``{{`` and ``}}`` for literal braces). Keys every template has:
 - ``name`` and ``version``: together they key the labels a template produced;
 - ``kind``: ``relevance`` (yes/no), ``graded`` (0–3) or ``query-generation``.
 
+The body's final newline (the file's last) is dropped: a prompt ends where the model
+should continue, e.g. right after ``Relevant:``.
+
 Relevance templates also list their answer strings (``yes``/``no``, or ``grades``): the
 tokens whose next-token probabilities make the soft label.
 """
@@ -52,6 +55,7 @@ class PromptTemplate:
 
 def parse_template(text: str, source: str) -> PromptTemplate:
     head, sep, body = text.partition("\n---\n")
+    body = body[:-1] if body.endswith("\n") else body  # the file's final newline is not part of the prompt
     if not sep:
         raise DataFormatError(source, None, "a prompt template needs 'key: value' lines, then a line '---', then the body")
     meta: dict[str, Any] = {}

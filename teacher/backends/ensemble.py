@@ -1,0 +1,59 @@
+"""An ensemble of teachers: weighted fusion of per-query z-scores.
+
+Members' scores live on different scales (BM25 scores, cosines, logits), so each member's
+scores are standardised within the query's candidate group, combined with the weights, and
+the label is the logistic of the combination. With BM25 + all-MiniLM-L6-v2 this z-score
+fusion is the strongest teacher that runs offline here (see benchmarks/results/teachers.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from reranker.errors import RerankerError
+from reranker.records import Corpus
+
+from ..base import Judgement, Pair, Teacher, make_teacher, sigmoid
+from .normalize import zscores
+
+DEFAULT_MEMBERS = [{"name": "bm25", "weight": 1.0}, {"name": "bi-encoder", "weight": 1.0}]
+
+
+class EnsembleTeacher(Teacher):
+    """``members``: a list of ``{"name": teacher, "weight": w, "params": {...}}``."""
+
+    name = "ensemble"
+
+    def __init__(self, members: list[dict[str, Any]] | None = None, temperature: float = 1.0):
+        members = members or DEFAULT_MEMBERS
+        super().__init__(members=members, temperature=temperature)
+        if temperature <= 0:
+            raise RerankerError(f"temperature must be > 0, got {temperature}")
+        self.members: list[tuple[Teacher, float]] = []
+        for i, m in enumerate(members):
+            if not isinstance(m, dict) or "name" not in m:
+                raise RerankerError(f"ensemble member {i}: expected {{'name': ..., 'weight': ..., 'params': {{...}}}}, got {m!r}")
+            if m["name"] == "ensemble":
+                raise RerankerError("an ensemble cannot contain an ensemble")
+            unknown = set(m) - {"name", "weight", "params"}
+            if unknown:
+                raise RerankerError(f"ensemble member {i}: unknown keys {', '.join(sorted(unknown))}")
+            self.members.append((make_teacher(m["name"], **m.get("params", {})), float(m.get("weight", 1.0))))
+        self.prompt_version = "+".join(t.prompt_version for t, _ in self.members)
+
+    def prepare(self, corpus: Corpus) -> None:
+        for teacher, _ in self.members:
+            teacher.prepare(corpus)
+
+    def warm_up(self) -> None:
+        for teacher, _ in self.members:
+            teacher.warm_up()
+
+    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
+        fused = [0.0] * len(pairs)
+        for teacher, weight in self.members:
+            z = zscores(pairs, [j.score for j in teacher.score_batch(pairs)])
+            fused = [f + weight * zi for f, zi in zip(fused, z)]
+        t = self.params["temperature"]
+        return [Judgement(score=f, label=sigmoid(f / t)) for f in fused]

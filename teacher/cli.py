@@ -1,0 +1,138 @@
+"""The teacher's commands, registered on the ``reranker`` CLI: ``generate-queries`` and ``label``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from reranker.errors import RerankerError
+
+log = logging.getLogger("reranker")
+
+ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Teacher parameter KEY=VALUE (JSON values parse), repeatable.")]
+
+
+def _params(items: Optional[list[str]]) -> dict:
+    from reranker.cli import _params as parse
+
+    return parse(items)
+
+
+def read_query_file(path: Path):
+    """Queries (``_id``/``text``) and, where lines carry one, their source passage (``doc_id``)."""
+    from reranker.io.jsonl import QUERY_ID_KEYS, QUERY_TEXT_KEYS, iter_jsonl, open_text, pick
+    from reranker.io.trec import read_topics
+    from reranker.records import Query
+
+    if path.suffix.lower() != ".jsonl":
+        return read_topics(path), {}
+    queries, positives = {}, {}
+    with open_text(path) as f:
+        for lineno, obj in iter_jsonl(f, str(path)):
+            qid = pick(obj, QUERY_ID_KEYS, str(path), lineno, "query id")
+            queries[qid] = Query(qid, pick(obj, QUERY_TEXT_KEYS, str(path), lineno, "query text"))
+            if obj.get("doc_id") is not None:
+                positives[qid] = str(obj["doc_id"])
+    return queries, positives
+
+
+def label(
+    dataset: Annotated[str, typer.Argument(help="Data set spec (the corpus; its queries unless --queries is given).")],
+    store: Annotated[Path, typer.Option(help="Label store (SQLite) to write; a rerun resumes it.")],
+    teacher: Annotated[str, typer.Option(help="Teacher backend: ensemble, bm25, bi-encoder, cross-encoder, hf, llama-cpp, openai, vllm.")] = "ensemble",
+    param: ParamOpt = None,
+    queries: Annotated[Optional[Path], typer.Option(help="Queries to label (JSONL, e.g. from generate-queries, or qid<TAB>text).")] = None,
+    candidates: Annotated[Optional[Path], typer.Option(help="TREC run of candidates; else mined with --retriever.")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query when mining.")] = 20,
+    retriever: Annotated[Optional[list[str]], typer.Option(help="First stage for mining (repeatable: fused with RRF).")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Keep the positive plus this many sampled hard negatives.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for negative sampling.")] = 0,
+    batch_pairs: Annotated[int, typer.Option(help="Pairs per teacher batch (whole query groups).")] = 64,
+    retries: Annotated[int, typer.Option(help="Retries of a failing batch before the run stops.")] = 2,
+    export: Annotated[Optional[Path], typer.Option(help="Also write the student's training groups (JSONL) here.")] = None,
+    save_candidates: Annotated[Optional[Path], typer.Option(help="Write the mined candidates as a TREC run.")] = None,
+    split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
+):
+    """Label query–candidate pairs with a teacher's soft labels, into a resumable label store."""
+    from reranker.io.dataset import load_dataset
+    from reranker.io.trec import read_run, write_run
+    from reranker.retrieval import build_index
+
+    from .base import make_teacher
+    from .labeling import label_pairs
+    from .mining import mine_candidates
+    from .store import LabelStore
+
+    ds = load_dataset(dataset, split=split)
+    qs, positives = read_query_file(queries) if queries else (ds.require_queries(), {})
+    t = make_teacher(teacher, **_params(param))
+    if candidates is not None:
+        cands = read_run(candidates).restrict(qs)
+    else:
+        rs = [build_index(ds.corpus, name) for name in (retriever or ["bm25s"])]
+        cands = mine_candidates(qs, rs, k=k, positives=positives, n_negatives=negatives, seed=seed)
+    if save_candidates is not None:
+        write_run(save_candidates, cands)
+    with LabelStore(store) as st:
+        report = label_pairs(t, qs, ds.corpus, cands, st, batch_pairs=batch_pairs, retries=retries)
+        if export is not None:
+            n = st.export_groups(export, t.fingerprint, t.prompt_version, qs, ds.corpus, positives or None)
+            typer.echo(f"exported {n} training groups to {export}")
+    typer.echo(
+        f"labelled {report.labelled} pairs ({report.skipped} already in {store}) for {report.queries} queries "
+        f"with {t.fingerprint} in {report.seconds:.1f} s ({report.pairs_per_second:.1f} pairs/s)"
+    )
+
+
+def generate_queries(
+    dataset: Annotated[str, typer.Argument(help="Data set spec whose corpus gets synthetic queries (e.g. a folder of documents).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Synthetic queries JSONL to write (_id, text, doc_id, ...).")],
+    generator: Annotated[str, typer.Option(help="extractive, llama-cpp, hf or openai.")] = "extractive",
+    param: ParamOpt = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Template name or file (default: promptagator with --seeds, else inpars).")] = None,
+    seeds: Annotated[Optional[Path], typer.Option(help="JSONL of your own query–passage examples (query + document or doc_id).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Queries per passage.")] = 1,
+    sample: Annotated[Optional[int], typer.Option(help="Passages to sample (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling passages and texts.")] = 0,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="Longest query, in tokens.")] = 32,
+    min_words: Annotated[int, typer.Option(help="Filter: shortest query kept.")] = 3,
+    max_words: Annotated[int, typer.Option(help="Filter: longest query kept.")] = 32,
+    keep_top: Annotated[float, typer.Option(help="Filter: share kept by mean log-probability (1 = off).")] = 0.8,
+    consistency_k: Annotated[int, typer.Option(help="Filter: keep a query only if its passage is in BM25's top k (0 = off).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generator call.")] = 16,
+    stats: Annotated[Optional[Path], typer.Option(help="Write the filter statistics (JSON) here.")] = None,
+    split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
+):
+    """Write synthetic queries for a corpus with an LLM (InPars / Promptagator prompts) or extractively, then filter them."""
+    from reranker.io.dataset import load_dataset
+
+    from .base import make_generator
+    from .generate import FilterConfig, generate_queries as run, load_seed_pairs, write_synthetic
+
+    ds = load_dataset(dataset, split=split)
+    gen = make_generator(generator, **_params(param))
+    filters = FilterConfig(min_words=min_words, max_words=max_words, keep_top_share=keep_top, consistency_k=consistency_k)
+    seed_pairs = load_seed_pairs(seeds, ds.corpus) if seeds else None
+    start = time.perf_counter()
+    result = run(ds.corpus, gen, prompt, n_per_passage=n, sample=sample, seed=seed, temperature=temperature,
+                 max_tokens=max_tokens, filters=filters, seeds=seed_pairs, batch_size=batch_size)
+    write_synthetic(out, result)
+    if stats is not None:
+        stats.parent.mkdir(parents=True, exist_ok=True)
+        stats.write_text(json.dumps(result.stats, indent=2) + "\n")
+    typer.echo(
+        f"wrote {len(result.queries)} queries to {out} in {time.perf_counter() - start:.1f} s "
+        f"(kept {len(result.queries)} of {result.stats.get('candidates')}; source passage in BM25 top 10: "
+        f"{result.stats.get('source_in_bm25_top10')})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate-queries")(generate_queries)
+    app.command("label")(label)

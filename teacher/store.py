@@ -1,0 +1,343 @@
+"""The label store: the teacher's soft labels in one SQLite file, resumable and shared by processes.
+
+Labels are keyed by ``(teacher fingerprint, prompt key, query id, doc id)``, so labels of
+another teacher configuration or prompt template never mix. Each :meth:`LabelStore.add_batch`
+is one transaction: a run killed at any point leaves whole batches only, and a rerun skips
+what is stored (:meth:`LabelStore.done`) or re-inserts it harmlessly (``INSERT OR IGNORE``).
+
+:meth:`LabelStore.export_groups` writes the student's input, one JSON line per query::
+
+    {"query_id": "q1", "query": "...", "positive": "d1" | null,
+     "candidates": [{"doc_id": "d1", "text": "...", "score": 3.2, "label": 0.96}, ...]}
+
+with candidates best first; :func:`read_groups` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from reranker.errors import DataFormatError, RerankerError
+from reranker.io.jsonl import iter_jsonl, open_text, write_jsonl
+from reranker.records import Corpus, Query, Run
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction before giving up
+
+_SCHEMA = """
+CREATE TABLE labels (
+    teacher TEXT NOT NULL, prompt TEXT NOT NULL, query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+    score REAL NOT NULL, label REAL NOT NULL CHECK (label BETWEEN 0 AND 1), created REAL,
+    PRIMARY KEY (teacher, prompt, query_id, doc_id)
+);
+CREATE TABLE teachers (teacher TEXT PRIMARY KEY, description TEXT);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    teacher: str
+    prompt: str
+    query_id: str
+    doc_id: str
+    score: float
+    label: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCandidate:
+    doc_id: str
+    score: float
+    label: float
+    text: str | None = None  # None when the file was exported with include_text=False
+
+
+@dataclass(frozen=True, slots=True)
+class LabelGroup:
+    """One query with its labelled candidates (best first), as the student reads them."""
+
+    query_id: str
+    query: str
+    positive: str | None
+    candidates: list[GroupCandidate]
+
+
+class LabelStore:
+    """Soft labels in a SQLite file; ``with LabelStore(path) as store: ...`` closes it.
+
+    Several processes (Ray workers, a rerun beside a running job) may open the same file:
+    WAL lets readers run beside the one writer, and writers wait up to ``timeout`` seconds
+    for each other instead of failing with "database is locked". WAL needs all processes on
+    one machine (not a network file system), and a store object belongs to one thread.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = BUSY_TIMEOUT_S):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every write below opens its own.
+        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise RerankerError(
+                    f"{self.path}: not a label store SQLite file ({exc}); "
+                    "pass another path, or move this file away to start a new store"
+                ) from None
+            raise RerankerError(f"{self.path}: cannot open the label store ({exc}; the busy timeout is {timeout:g} s)") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        conn = self._conn
+        # NORMAL, not FULL: in WAL mode a killed process never loses a committed batch nor
+        # corrupts the file; only a power cut / OS crash may drop the last few commits, which
+        # a rerun labels again. FULL would fsync on every batch, for labels that are recomputable.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version, tables = self._schema()  # reads the header first: garbage fails here, before any write
+        if version == 0 and not tables:
+            with self._transaction():  # two processes creating the same new file: one creates, one waits
+                version, tables = self._schema()
+                if version == 0 and not tables:
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(stmt)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    version, tables = self._schema()
+                    log.info("created label store %s", self.path)
+        if version != SCHEMA_VERSION or not {"labels", "teachers"} <= tables:
+            raise RerankerError(
+                f"{self.path}: label store schema version {version} (tables: {', '.join(sorted(tables)) or 'none'}), "
+                f"this version of the toolkit reads version {SCHEMA_VERSION}; "
+                "use a matching toolkit version or pass a new store path"
+            )
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent; only after the file proved to be ours
+
+    def _schema(self) -> tuple[int, set[str]]:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        return version, {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    @contextmanager
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction: committed when the block ends, rolled back on any exception."""
+        self._conn.execute(begin)  # IMMEDIATE takes the write lock now (waiting up to the timeout)
+        try:
+            yield self._conn
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LabelStore {str(self.path)!r}>"
+
+    # --- teachers ---------------------------------------------------------------------
+
+    def register_teacher(self, fingerprint: str, description: Mapping[str, Any]) -> None:
+        """Record ``Teacher.describe()`` under its fingerprint (replaces an earlier description)."""
+        blob = json.dumps(dict(description), sort_keys=True, default=str)
+        self._conn.execute(
+            "INSERT INTO teachers VALUES (?, ?) ON CONFLICT(teacher) DO UPDATE SET description=excluded.description",
+            (fingerprint, blob),
+        )
+
+    def teachers(self) -> dict[str, dict[str, Any]]:
+        return {t: json.loads(d) for t, d in self._conn.execute("SELECT teacher, description FROM teachers ORDER BY teacher")}
+
+    # --- labels -----------------------------------------------------------------------
+
+    def add_batch(self, teacher: str, prompt: str, rows: Iterable[tuple[str, str, float, float]]) -> int:
+        """Store ``(query_id, doc_id, score, label)`` rows in one transaction; returns how many were new.
+
+        All rows are checked first (finite score, finite label in [0, 1]): one bad row is a
+        :class:`RerankerError` and nothing of the batch is written. Keys already stored
+        keep their first value.
+        """
+        now = time.time()
+        checked = []
+        for row in rows:
+            try:
+                qid, did, score, label = row
+                score, label = float(score), float(label)
+            except (TypeError, ValueError) as exc:
+                raise RerankerError(f"label store: bad row {row!r} for teacher {teacher!r}: {exc}; "
+                                    "expected (query_id, doc_id, score, label)") from None
+            if not math.isfinite(score) or not (math.isfinite(label) and 0.0 <= label <= 1.0):
+                raise RerankerError(
+                    f"label store: query {qid!r}, doc {did!r} (teacher {teacher!r}, prompt {prompt!r}) has "
+                    f"score={score!r}, label={label!r}; the score must be finite and the label in [0, 1]. "
+                    "Nothing of this batch was stored"
+                )
+            checked.append((teacher, prompt, str(qid), str(did), score, label, now))
+        if not checked:
+            return 0
+        conn = self._conn
+        before = conn.total_changes
+        with self._transaction():
+            conn.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)", checked)
+        inserted = conn.total_changes - before
+        log.debug("label store: %d of %d rows new (%s, %s)", inserted, len(checked), teacher, prompt)
+        return inserted
+
+    def done(self, teacher: str, prompt: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(query_id, doc_id)`` keys among ``keys`` that already have a label.
+
+        The keys go through a temporary table joined on the primary key: tens of thousands
+        of keys take milliseconds (long ``IN`` / ``OR`` lists are far slower or hit limits).
+        """
+        conn = self._conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS _done_keys (query_id TEXT, doc_id TEXT)")
+        with self._transaction("BEGIN"):  # temp rows never reach the file; this only batches the inserts
+            conn.execute("DELETE FROM _done_keys")
+            conn.executemany("INSERT INTO _done_keys VALUES (?, ?)", ((str(q), str(d)) for q, d in keys))
+            found = set(conn.execute(
+                "SELECT k.query_id, k.doc_id FROM _done_keys k JOIN labels l ON l.teacher=? AND l.prompt=? "
+                "AND l.query_id=k.query_id AND l.doc_id=k.doc_id", (teacher, prompt),
+            ))
+            conn.execute("DELETE FROM _done_keys")
+        return found
+
+    @staticmethod
+    def _where(teacher: str | None, prompt: str | None) -> tuple[str, list[str]]:
+        given = [(column, v) for column, v in (("teacher", teacher), ("prompt", prompt)) if v is not None]
+        return (" WHERE " + " AND ".join(f"{c}=?" for c, _ in given)) if given else "", [v for _, v in given]
+
+    def count(self, teacher: str | None = None, prompt: str | None = None) -> int:
+        where, params = self._where(teacher, prompt)
+        return self._conn.execute(f"SELECT COUNT(*) FROM labels{where}", params).fetchone()[0]
+
+    def keys(self) -> list[tuple[str, str]]:
+        """The ``(teacher, prompt)`` pairs that have labels."""
+        return list(self._conn.execute("SELECT DISTINCT teacher, prompt FROM labels ORDER BY teacher, prompt"))
+
+    def labels(self, teacher: str | None = None, prompt: str | None = None) -> Iterator[LabelRow]:
+        """Stored labels ordered by (query_id, doc_id), then teacher and prompt."""
+        where, params = self._where(teacher, prompt)
+        sql = f"SELECT teacher, prompt, query_id, doc_id, score, label FROM labels{where} ORDER BY query_id, doc_id, teacher, prompt"
+        for row in self._conn.execute(sql, params):
+            yield LabelRow(*row)
+
+    def _require(self, teacher: str, prompt: str) -> list[LabelRow]:
+        rows = list(self.labels(teacher, prompt))
+        if not rows:
+            known = ", ".join(f"{t} / {p}" for t, p in self.keys()) or "none"
+            raise RerankerError(f"{self.path}: no labels for teacher {teacher!r}, prompt {prompt!r} (stored: {known})")
+        return rows
+
+    def as_run(self, teacher: str, prompt: str, field: str = "score") -> Run:
+        """The labels of one teacher and prompt as a :class:`Run` of ``score`` or ``label`` values."""
+        if field not in ("score", "label"):
+            raise RerankerError(f"as_run: field must be 'score' or 'label', not {field!r}")
+        run = Run(name=f"{teacher}/{prompt}")
+        for row in self._require(teacher, prompt):
+            run.add(row.query_id, row.doc_id, getattr(row, field))
+        return run
+
+    def export_groups(
+        self, path: str | Path, teacher: str, prompt: str, queries: Mapping[str, Query], corpus: Corpus,
+        positives: Mapping[str, str] | None = None, include_text: bool = True,
+    ) -> int:
+        """Write one JSON line per labelled query (sorted by id) for the student; returns the count.
+
+        Candidates are ordered by score, best first (ties by doc id, descending, as
+        :meth:`Run.ranking`). A labelled query missing from ``queries`` or a doc id (candidate
+        or positive) missing from ``corpus`` is an error, raised before anything is written.
+        """
+        positives = positives or {}
+        by_query: dict[str, list[LabelRow]] = {}
+        for row in self._require(teacher, prompt):
+            by_query.setdefault(row.query_id, []).append(row)
+        missing_q = [q for q in by_query if q not in queries]
+        texts: dict[str, str] = {}
+        missing_d: set[str] = set()
+        wanted = {r.doc_id for rows in by_query.values() for r in rows} | {positives[q] for q in by_query if positives.get(q)}
+        for did in sorted(wanted):
+            doc = corpus.get(did)
+            if doc is None:
+                missing_d.add(did)
+            elif include_text:
+                texts[did] = doc.contents
+        if missing_q or missing_d:
+            parts = [f"{len(missing_q)} queries missing from the queries ({_few(missing_q)})"] if missing_q else []
+            parts += [f"{len(missing_d)} doc ids missing from the corpus ({_few(sorted(missing_d))})"] if missing_d else []
+            raise RerankerError(
+                f"export of {teacher!r} / {prompt!r} from {self.path}: {'; '.join(parts)}. "
+                "Pass the queries and corpus the labels were made from"
+            )
+
+        def groups() -> Iterator[dict[str, Any]]:
+            for qid in sorted(by_query):
+                ranked = sorted(by_query[qid], key=lambda r: (r.score, r.doc_id), reverse=True)
+                cands = [{"doc_id": r.doc_id, **({"text": texts[r.doc_id]} if include_text else {}),
+                          "score": r.score, "label": r.label} for r in ranked]
+                yield {"query_id": qid, "query": queries[qid].text, "positive": positives.get(qid), "candidates": cands}
+
+        absent = sum(1 for q, d in positives.items() if q in by_query and d and all(r.doc_id != d for r in by_query[q]))
+        if absent:
+            log.info("%d of the exported positives are not among their query's labelled candidates", absent)
+        n = write_jsonl(path, groups())
+        log.info("wrote %d label groups to %s", n, path)
+        return n
+
+
+def _few(items: list[str], k: int = 5) -> str:
+    return ", ".join(repr(x) for x in items[:k]) + (", ..." if len(items) > k else "")
+
+
+def _number(value: Any, name: str, lineno: int, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataFormatError(name, lineno, f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def read_groups(path: str | Path) -> list[LabelGroup]:
+    """Read a file written by :meth:`LabelStore.export_groups`; errors name the line."""
+    name, groups, seen = str(path), [], set()
+    with open_text(path) as f:
+        for lineno, obj in iter_jsonl(f, name):
+            qid, query, positive, cands = (obj.get(k) for k in ("query_id", "query", "positive", "candidates"))
+            if not isinstance(qid, str) or not isinstance(query, str):
+                raise DataFormatError(name, lineno, "expected string fields 'query_id' and 'query'")
+            if qid in seen:
+                raise DataFormatError(name, lineno, f"query id {qid!r} appears twice")
+            if positive is not None and not isinstance(positive, str):
+                raise DataFormatError(name, lineno, f"'positive' must be a doc id or null, got {positive!r}")
+            if not isinstance(cands, list):
+                raise DataFormatError(name, lineno, "expected a list field 'candidates'")
+            out = []
+            for i, c in enumerate(cands):
+                where = f"candidate {i}"
+                if not isinstance(c, dict) or not isinstance(c.get("doc_id"), str):
+                    raise DataFormatError(name, lineno, f"{where}: expected an object with a string 'doc_id'")
+                label = _number(c.get("label"), name, lineno, f"{where}: 'label'")
+                if not 0.0 <= label <= 1.0:
+                    raise DataFormatError(name, lineno, f"{where}: 'label' must be in [0, 1], got {label}")
+                text = c.get("text")
+                if text is not None and not isinstance(text, str):
+                    raise DataFormatError(name, lineno, f"{where}: 'text' must be a string")
+                out.append(GroupCandidate(c["doc_id"], _number(c.get("score"), name, lineno, f"{where}: 'score'"), label, text))
+            seen.add(qid)
+            groups.append(LabelGroup(qid, query, positive, out))
+    return groups
