@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bm25-baseline"))
     args = ap.parse_args()
     exe = str(Path(sys.executable).with_name("reranker"))
-    rel = lambda p: os.path.relpath(p, ROOT)  # noqa: E731 - commands are shown relative to the repo
+    rel = lambda p: os.path.relpath(p, ROOT)
     scifact = rel(args.shared / "datasets" / "beir" / "scifact.zip")
     dl = args.shared / "datasets" / "trec-dl-2019"
     w = args.work

@@ -11,4 +11,4 @@ from .records import Corpus, Document, Qrels, Query, Run, ScoredDoc
 
 __version__ = "0.1.0"
 
-__all__ = ["Corpus", "Dataset", "Document", "Qrels", "Query", "RerankerError", "Run", "ScoredDoc", "load_dataset", "__version__"]
+__all__ = ["Corpus", "Dataset", "Document", "Qrels", "Query", "RerankerError", "Run", "ScoredDoc", "__version__", "load_dataset"]

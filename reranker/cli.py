@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,14 +27,14 @@ log = logging.getLogger("reranker")
 # --- options shared by every command that reads a data set -----------------------------
 DatasetArg = Annotated[str, typer.Argument(help="Data set: BEIR folder or .zip, corpus .jsonl, TREC DL .json, folder of documents, or an ir_datasets id (irds:ID).")]
 SplitOpt = Annotated[str, typer.Option(help="BEIR split whose qrels (and queries) to use.")]
-QueriesOpt = Annotated[Optional[Path], typer.Option(help="Queries file (JSONL, or 'qid<TAB>text'), replacing the data set's.")]
-QrelsOpt = Annotated[Optional[Path], typer.Option(help="Qrels file (TREC or BEIR TSV), replacing the data set's.")]
+QueriesOpt = Annotated[Path | None, typer.Option(help="Queries file (JSONL, or 'qid<TAB>text'), replacing the data set's.")]
+QrelsOpt = Annotated[Path | None, typer.Option(help="Qrels file (TREC or BEIR TSV), replacing the data set's.")]
 WordsOpt = Annotated[int, typer.Option(help="Folders of documents: words per passage.")]
 OverlapOpt = Annotated[int, typer.Option(help="Folders of documents: words shared by neighbouring passages.")]
-ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Backend parameter KEY=VALUE (e.g. k1=0.9, model=PATH); repeatable.")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Backend parameter KEY=VALUE (e.g. k1=0.9, model=PATH); repeatable.")]
 
 
-def _dataset(spec: str, split: str, queries: Optional[Path], qrels: Optional[Path], words: int, overlap: int):
+def _dataset(spec: str, split: str, queries: Path | None, qrels: Path | None, words: int, overlap: int):
     from .io.dataset import load_dataset
     from .io.documents import ChunkConfig
 
@@ -44,7 +44,7 @@ def _dataset(spec: str, split: str, queries: Optional[Path], qrels: Optional[Pat
     return ds
 
 
-def _params(items: Optional[list[str]]) -> dict:
+def _params(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -90,12 +90,12 @@ def index(
 def retrieve(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="TREC run file to write.")],
-    index_dir: Annotated[Optional[list[Path]], typer.Option("--index", help="Index folder (repeatable: several are fused).")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(help="Build an index in memory with this backend (repeatable).")] = None,
+    index_dir: Annotated[list[Path] | None, typer.Option("--index", help="Index folder (repeatable: several are fused).")] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="Build an index in memory with this backend (repeatable).")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query.")] = 100,
     fusion: Annotated[str, typer.Option(help="How to fuse several retrievers: rrf, wsum, combsum, ...")] = "rrf",
     rrf_k: Annotated[int, typer.Option(help="The k of reciprocal rank fusion.")] = 60,
-    weights: Annotated[Optional[str], typer.Option(help="Comma-separated fusion weights, one per retriever.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Comma-separated fusion weights, one per retriever.")] = None,
     per_document: Annotated[bool, typer.Option(help="Folders of documents: rank documents by their best passage (MaxP).")] = False,
     param: ParamOpt = None,
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
@@ -147,11 +147,11 @@ def _load_qrels(spec: str, split: str):
 def evaluate(
     qrels: Annotated[str, typer.Argument(help="Qrels file (TREC or BEIR TSV), or a data-set spec whose qrels to use.")],
     runs: Annotated[list[Path], typer.Argument(help="TREC run files.")],
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="ranx metric (repeatable); default nDCG@10, MRR@10, Recall@100, MAP. Add -l2 for relevance level 2 (map-l2).")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="ranx metric (repeatable); default nDCG@10, MRR@10, Recall@100, MAP. Add -l2 for relevance level 2 (map-l2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {run: {metric: value}} as JSON.")] = False,
     test: Annotated[str, typer.Option(help="Paired significance test: student, fisher or tukey.")] = "student",
     max_p: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
-    report: Annotated[Optional[Path], typer.Option(help="Also write the report here: FILE.md (table) and FILE.json (scores and p-values).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report here: FILE.md (table) and FILE.json (scores and p-values).")] = None,
     split: SplitOpt = "test",
 ):
     """Evaluate runs against qrels, with paired significance tests between runs."""

@@ -12,7 +12,6 @@ teacher may normalise scores within a query (the ensemble does).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -20,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from reranker.errors import MissingDependencyError, RerankerError
+from reranker.errors import RerankerError
+from reranker.registry import BackendSpec, Registry
 
 
 class TeacherError(RerankerError):
@@ -84,44 +84,25 @@ class Teacher(ABC):
         return {"teacher": self.name, "fingerprint": self.fingerprint, "prompt_version": self.prompt_version, "params": self.params}
 
 
-@dataclass(frozen=True)
-class TeacherSpec:
-    module: str
-    cls: str
-    extra: str
-    description: str
-
-
-TEACHERS: dict[str, TeacherSpec] = {
-    "bm25": TeacherSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
-    "bi-encoder": TeacherSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
-    "cross-encoder": TeacherSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
-    "hf": TeacherSpec("teacher.backends.hf_teacher", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
-    "llama-cpp": TeacherSpec("teacher.backends.llama_cpp", "LlamaCppTeacher", "gguf", "GGUF model on CPU with llama-cpp-python"),
-    "openai": TeacherSpec("teacher.backends.openai_api", "OpenAITeacher", "openai", "any OpenAI-compatible server, via logprobs"),
-    "vllm": TeacherSpec("teacher.backends.vllm_engine", "VLLMTeacher", "vllm", "vLLM offline engine on GPUs"),
-    "ensemble": TeacherSpec("teacher.backends.ensemble", "EnsembleTeacher", "core", "weighted fusion of other teachers"),
-}
+TEACHERS = Registry("teacher", {
+    "bm25": BackendSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
+    "bi-encoder": BackendSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
+    "cross-encoder": BackendSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
+    "hf": BackendSpec("teacher.backends.hf_teacher", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
+    "llama-cpp": BackendSpec("teacher.backends.llama_cpp", "LlamaCppTeacher", "gguf", "GGUF model on CPU with llama-cpp-python"),
+    "openai": BackendSpec("teacher.backends.openai_api", "OpenAITeacher", "openai", "any OpenAI-compatible server, via logprobs"),
+    "vllm": BackendSpec("teacher.backends.vllm_engine", "VLLMTeacher", "vllm", "vLLM offline engine on GPUs"),
+    "ensemble": BackendSpec("teacher.backends.ensemble", "EnsembleTeacher", "core", "weighted fusion of other teachers"),
+})
 
 
 def get_teacher_class(name: str) -> type[Teacher]:
-    spec = TEACHERS.get(name)
-    if spec is None:
-        raise RerankerError(f"unknown teacher {name!r}; choose one of: {', '.join(TEACHERS)}")
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"the {name!r} teacher", spec.extra, exc) from exc
-    return getattr(module, spec.cls)
+    return TEACHERS.load(name)
 
 
 def make_teacher(name: str, **params: Any) -> Teacher:
     """Build the teacher registered as ``name`` with ``params``; unknown parameters are a clear error."""
-    cls = get_teacher_class(name)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise RerankerError(f"teacher {name!r}: {exc}") from None
+    return TEACHERS.create(name, **params)
 
 
 # --- query generation -------------------------------------------------------------------
@@ -156,23 +137,13 @@ class QueryGenerator(ABC):
         """``n`` continuations per prompt (greedy when ``temperature`` is 0), each cut at the first stop string."""
 
 
-GENERATORS: dict[str, TeacherSpec] = {
-    "extractive": TeacherSpec("teacher.generate", "ExtractiveGenerator", "core", "a sentence of the passage (inverse cloze task)"),
-    "hf": TeacherSpec("teacher.backends.hf", "HFGenerator", "llm", "transformers causal LM"),
-    "llama-cpp": TeacherSpec("teacher.backends.llama_cpp", "LlamaCppGenerator", "gguf", "GGUF model on CPU"),
-    "openai": TeacherSpec("teacher.backends.openai_api", "OpenAIGenerator", "openai", "any OpenAI-compatible server"),
-}
+GENERATORS = Registry("query generator", {
+    "extractive": BackendSpec("teacher.generate", "ExtractiveGenerator", "core", "a sentence of the passage (inverse cloze task)"),
+    "hf": BackendSpec("teacher.backends.hf", "HFGenerator", "llm", "transformers causal LM"),
+    "llama-cpp": BackendSpec("teacher.backends.llama_cpp", "LlamaCppGenerator", "gguf", "GGUF model on CPU"),
+    "openai": BackendSpec("teacher.backends.openai_api", "OpenAIGenerator", "openai", "any OpenAI-compatible server"),
+})
 
 
 def make_generator(name: str, **params: Any) -> QueryGenerator:
-    spec = GENERATORS.get(name)
-    if spec is None:
-        raise RerankerError(f"unknown query generator {name!r}; choose one of: {', '.join(GENERATORS)}")
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"the {name!r} query generator", spec.extra, exc) from exc
-    try:
-        return getattr(module, spec.cls)(**params)
-    except TypeError as exc:
-        raise RerankerError(f"query generator {name!r}: {exc}") from None
+    return GENERATORS.create(name, **params)

@@ -6,18 +6,16 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from reranker.errors import RerankerError
-
 log = logging.getLogger("reranker")
 
-ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Teacher parameter KEY=VALUE (JSON values parse), repeatable.")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Teacher parameter KEY=VALUE (JSON values parse), repeatable.")]
 
 
-def _params(items: Optional[list[str]]) -> dict:
+def _params(items: list[str] | None) -> dict:
     from reranker.cli import _params as parse
 
     return parse(items)
@@ -46,16 +44,16 @@ def label(
     store: Annotated[Path, typer.Option(help="Label store (SQLite) to write; a rerun resumes it.")],
     teacher: Annotated[str, typer.Option(help="Teacher backend: ensemble, bm25, bi-encoder, cross-encoder, hf, llama-cpp, openai, vllm.")] = "ensemble",
     param: ParamOpt = None,
-    queries: Annotated[Optional[Path], typer.Option(help="Queries to label (JSONL, e.g. from generate-queries, or qid<TAB>text).")] = None,
-    candidates: Annotated[Optional[Path], typer.Option(help="TREC run of candidates; else mined with --retriever.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="Queries to label (JSONL, e.g. from generate-queries, or qid<TAB>text).")] = None,
+    candidates: Annotated[Path | None, typer.Option(help="TREC run of candidates; else mined with --retriever.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query when mining.")] = 20,
-    retriever: Annotated[Optional[list[str]], typer.Option(help="First stage for mining (repeatable: fused with RRF).")] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="Keep the positive plus this many sampled hard negatives.")] = None,
+    retriever: Annotated[list[str] | None, typer.Option(help="First stage for mining (repeatable: fused with RRF).")] = None,
+    negatives: Annotated[int | None, typer.Option(help="Keep the positive plus this many sampled hard negatives.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for negative sampling.")] = 0,
     batch_pairs: Annotated[int, typer.Option(help="Pairs per teacher batch (whole query groups).")] = 64,
     retries: Annotated[int, typer.Option(help="Retries of a failing batch before the run stops.")] = 2,
-    export: Annotated[Optional[Path], typer.Option(help="Also write the student's training groups (JSONL) here.")] = None,
-    save_candidates: Annotated[Optional[Path], typer.Option(help="Write the mined candidates as a TREC run.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Also write the student's training groups (JSONL) here.")] = None,
+    save_candidates: Annotated[Path | None, typer.Option(help="Write the mined candidates as a TREC run.")] = None,
     split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
 ):
     """Label query–candidate pairs with a teacher's soft labels, into a resumable label store."""
@@ -94,10 +92,10 @@ def generate_queries(
     out: Annotated[Path, typer.Option("--out", "-o", help="Synthetic queries JSONL to write (_id, text, doc_id, ...).")],
     generator: Annotated[str, typer.Option(help="extractive, llama-cpp, hf or openai.")] = "extractive",
     param: ParamOpt = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Template name or file (default: promptagator with --seeds, else inpars).")] = None,
-    seeds: Annotated[Optional[Path], typer.Option(help="JSONL of your own query–passage examples (query + document or doc_id).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Template name or file (default: promptagator with --seeds, else inpars).")] = None,
+    seeds: Annotated[Path | None, typer.Option(help="JSONL of your own query–passage examples (query + document or doc_id).")] = None,
     n: Annotated[int, typer.Option("--n", help="Queries per passage.")] = 1,
-    sample: Annotated[Optional[int], typer.Option(help="Passages to sample (default: all).")] = None,
+    sample: Annotated[int | None, typer.Option(help="Passages to sample (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling passages and texts.")] = 0,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     max_tokens: Annotated[int, typer.Option(help="Longest query, in tokens.")] = 32,
@@ -106,14 +104,15 @@ def generate_queries(
     keep_top: Annotated[float, typer.Option(help="Filter: share kept by mean log-probability (1 = off).")] = 0.8,
     consistency_k: Annotated[int, typer.Option(help="Filter: keep a query only if its passage is in BM25's top k (0 = off).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Prompts per generator call.")] = 16,
-    stats: Annotated[Optional[Path], typer.Option(help="Write the filter statistics (JSON) here.")] = None,
+    stats: Annotated[Path | None, typer.Option(help="Write the filter statistics (JSON) here.")] = None,
     split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
 ):
     """Write synthetic queries for a corpus with an LLM (InPars / Promptagator prompts) or extractively, then filter them."""
     from reranker.io.dataset import load_dataset
 
     from .base import make_generator
-    from .generate import FilterConfig, generate_queries as run, load_seed_pairs, write_synthetic
+    from .generate import FilterConfig, load_seed_pairs, write_synthetic
+    from .generate import generate_queries as run
 
     ds = load_dataset(dataset, split=split)
     gen = make_generator(generator, **_params(param))

@@ -16,12 +16,12 @@ tokens whose next-token probabilities make the soft label.
 
 from __future__ import annotations
 
+import json
+import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-import json
-import string
 
 from reranker.errors import DataFormatError, RerankerError
 
@@ -55,7 +55,7 @@ class PromptTemplate:
 
 def parse_template(text: str, source: str) -> PromptTemplate:
     head, sep, body = text.partition("\n---\n")
-    body = body[:-1] if body.endswith("\n") else body  # the file's final newline is not part of the prompt
+    body = body.removesuffix("\n")  # the file's final newline is not part of the prompt
     if not sep:
         raise DataFormatError(source, None, "a prompt template needs 'key: value' lines, then a line '---', then the body")
     meta: dict[str, Any] = {}

@@ -137,7 +137,7 @@ def test_label_cli_killed_mid_run_resumes_to_the_same_labels(tmp_path):
     a, b = _rows(store), _rows(fresh)
     assert 30 <= len(killed) < len(b)
     # the kill left whole query groups only
-    per_query = lambda rows: {q: sum(1 for k in rows if k[0] == q) for q, _ in rows}  # noqa: E731
+    per_query = lambda rows: {q: sum(1 for k in rows if k[0] == q) for q, _ in rows}
     assert all(n == per_query(b)[q] for q, n in per_query(killed).items())
     assert set(a) == set(b) and len({q for q, _ in b}) == 24
     for key in a:

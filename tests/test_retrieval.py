@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_DOCS
 
 from reranker.errors import MissingDependencyError, RerankerError
 from reranker.records import Corpus, Document
+from reranker.registry import BackendSpec
 from reranker.retrieval import BACKENDS, build_index, get_backend, open_index
-from reranker.retrieval.base import BackendSpec
-
-from conftest import TINY_DOCS
 
 QUERIES = {
     "solar": "how do photovoltaic solar panels work",
@@ -96,7 +95,7 @@ def test_dense_index_with_mismatched_ids_is_refused(dense, tmp_path):
 def test_registry_errors(tmp_path, corpus, monkeypatch):
     with pytest.raises(RerankerError, match="unknown retrieval backend 'bm42'.*bm25s"):
         get_backend("bm42")
-    monkeypatch.setitem(BACKENDS, "fancy", BackendSpec("no_such_module_xyz", "X", "fancy-extra", "test"))
+    monkeypatch.setitem(BACKENDS.entries, "fancy", BackendSpec("no_such_module_xyz", "X", "fancy-extra", "test"))
     with pytest.raises(MissingDependencyError, match=r'pip install "enterprise-reranker\[fancy-extra\]"'):
         get_backend("fancy")
     with pytest.raises(RerankerError, match="empty corpus"):

@@ -9,9 +9,10 @@ import pytest
 
 from reranker.errors import DataFormatError, MissingDependencyError, RerankerError
 from reranker.records import Corpus, Document
+from reranker.registry import BackendSpec
 from reranker.retrieval import build_index
-from teacher.base import TEACHERS, Pair, TeacherError, TeacherSpec, make_teacher
 from teacher.backends.normalize import zscores
+from teacher.base import TEACHERS, Pair, TeacherError, make_teacher
 from teacher.llm import graded_judgement, yes_no_judgement
 from teacher.prompts import load_prompt, parse_template
 
@@ -180,6 +181,6 @@ def test_ensemble_and_registry_errors(monkeypatch):
         make_teacher("ensemble", members=[{"name": "bm25", "wieght": 2}])
     with pytest.raises(RerankerError, match="teacher 'bm25'.*unexpected keyword"):
         make_teacher("bm25", k3=1)
-    monkeypatch.setitem(TEACHERS, "fancy", TeacherSpec("no_such_module_abc", "X", "fancy", "test"))
+    monkeypatch.setitem(TEACHERS.entries, "fancy", BackendSpec("no_such_module_abc", "X", "fancy", "test"))
     with pytest.raises(MissingDependencyError, match=r"enterprise-reranker\[fancy\]"):
         make_teacher("fancy")

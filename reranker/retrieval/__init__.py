@@ -8,4 +8,4 @@ it, and answers queries with a :class:`~reranker.records.Run`.
 from .base import BACKENDS, Retriever, build_index, get_backend, open_index
 from .fusion import fuse
 
-__all__ = ["BACKENDS", "Retriever", "build_index", "get_backend", "open_index", "fuse"]
+__all__ = ["BACKENDS", "Retriever", "build_index", "fuse", "get_backend", "open_index"]

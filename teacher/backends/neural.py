@@ -26,6 +26,8 @@ class BiEncoderTeacher(Teacher):
         self.batch_size = batch_size
         self.device = device
         self._model = None
+        self._doc_cache: dict[str, np.ndarray] = {}  # candidates recur across queries: encode each once
+        self.cache_size = 200_000
 
     def warm_up(self) -> None:
         if self._model is None:
@@ -37,8 +39,13 @@ class BiEncoderTeacher(Teacher):
         q_index = {qid: i for i, (qid, _) in enumerate(queries)}
         enc = dict(batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         q_emb = np.asarray(self._model.encode([q for _, q in queries], **enc), dtype=np.float32)
-        d_emb = np.asarray(self._model.encode([p.document for p in pairs], **enc), dtype=np.float32)
-        raw = [float(q_emb[q_index[p.query_id]] @ d_emb[i]) for i, p in enumerate(pairs)]
+        new = {p.doc_id: p.document for p in pairs if p.doc_id not in self._doc_cache}
+        if new:
+            if len(self._doc_cache) + len(new) > self.cache_size:
+                self._doc_cache.clear()
+            emb = np.asarray(self._model.encode(list(new.values()), **enc), dtype=np.float32)
+            self._doc_cache.update(zip(new, emb))
+        raw = [float(q_emb[q_index[p.query_id]] @ self._doc_cache[p.doc_id]) for p in pairs]
         return zscore_judgements(pairs, raw)
 
 

@@ -1,0 +1,50 @@
+"""`reranker generate-queries` and `reranker label` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from test_cli import ok, user_error
+
+from teacher.generate import read_synthetic
+from teacher.store import read_groups
+
+
+def test_generate_then_label_then_export(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "vpn.md").write_text("# VPN\n\nInstall the GlobalProtect client. Sign in with your company SSO account. "
+                                 "Choose the Frankfurt gateway when you work from Europe.\n")
+    (docs / "leave.txt").write_text("Parental leave\nNew parents receive sixteen weeks of fully paid leave. "
+                                    "Request it in Workday at least thirty days before the expected date.\n")
+    (docs / "badge.html").write_text("<html><head><title>Badges</title></head><body><p>Lost badges are replaced "
+                                     "at the front desk for a fee of twenty dollars. Temporary badges last one day.</p></body></html>")
+    res = ok("generate-queries", docs, "--out", tmp_path / "q.jsonl", "--n", "2", "--stats", tmp_path / "stats.json")
+    queries = read_synthetic(tmp_path / "q.jsonl")
+    assert queries and all(q.generator == "extractive" and q.doc_id.split("#")[0] in {"vpn.md", "leave.txt", "badge.html"} for q in queries)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["candidates"] == 6 and [f["filter"] for f in stats["filters"]][:2] == ["length", "dedup"]
+    assert f"wrote {len(queries)} queries" in res.stdout
+    res = ok("label", docs, "--queries", tmp_path / "q.jsonl", "--store", tmp_path / "l.sqlite", "--teacher", "bm25",
+             "-k", "3", "--export", tmp_path / "groups.jsonl", "--save-candidates", tmp_path / "cands.trec")
+    groups = read_groups(tmp_path / "groups.jsonl")
+    assert len(groups) == len(queries)
+    by_id = {q.query_id: q for q in queries}
+    for g in groups:
+        assert g.positive == by_id[g.query_id].doc_id and g.positive in {c.doc_id for c in g.candidates}
+    assert "labelled" in res.stdout and (tmp_path / "cands.trec").is_file()
+    again = ok("label", docs, "--queries", tmp_path / "q.jsonl", "--store", tmp_path / "l.sqlite", "--teacher", "bm25", "-k", "3")
+    assert "labelled 0 pairs" in again.stdout
+
+
+def test_teacher_cli_errors(tmp_path, tiny_beir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    user_error("generate-queries", empty, "--out", tmp_path / "q.jsonl", match="corpus is empty")
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"query": "solar", "document": "Solar panels."}\n{"query": "wind"\n')
+    user_error("generate-queries", tiny_beir, "--out", tmp_path / "q.jsonl", "--generator", "extractive", "--seeds", seeds,
+               match="seeds.jsonl, line 2")
+    user_error("label", tiny_beir, "--store", tmp_path / "l.sqlite", "--teacher", "gpt9", match="unknown teacher 'gpt9'")
+    user_error("label", tiny_beir, "--store", tmp_path / "l.sqlite", "--teacher", "bm25", "-p", "k3=1", match="unexpected keyword")
+    user_error("generate-queries", tiny_beir, "--out", tmp_path / "q.jsonl", "--generator", "nope", match="unknown query generator")
