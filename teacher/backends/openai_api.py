@@ -22,7 +22,7 @@ import openai
 from openai import AsyncOpenAI
 
 from teacher.base import Generated, Judgement, Pair, QueryGenerator, Teacher, TeacherError
-from teacher.llm import answer_strings, judgement_from_logprobs, logsumexp
+from teacher.llm import answer_strings, judgement_from_logprobs, logsumexp, truncate_words
 from teacher.prompts import PromptTemplate, load_prompt
 
 T = TypeVar("T")
@@ -30,14 +30,6 @@ T = TypeVar("T")
 RETRY_STATUS = {408, 409, 429}
 
 
-def truncate_words(text: str, max_chars: int | None) -> str:
-    """``text`` cut to at most ``max_chars`` characters at a word boundary (as the llama-cpp backend does)."""
-    if max_chars is None or len(text) <= max_chars:
-        return text
-    cut = text[: max_chars + 1]
-    space = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
-    cut = cut[:space] if space > 0 else text[:max_chars]
-    return cut.rstrip()
 
 
 def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
@@ -220,7 +212,7 @@ class OpenAIGenerator(_Endpoint, QueryGenerator):
 
         def job(prompt: str, i: int):
             async def run(client: AsyncOpenAI, sem: asyncio.Semaphore) -> Generated:
-                kw: dict[str, Any] = dict(model=self.model, max_tokens=max_tokens, temperature=temperature, stop=stops)
+                kw: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature, "stop": stops}
                 if seed is not None:
                     kw["seed"] = seed + i
                 if self.chat:

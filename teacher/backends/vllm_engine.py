@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from reranker.errors import MissingDependencyError
 
 from ..base import Judgement, Pair, Teacher, TeacherError
-from ..llm import answer_strings, judgement_from_logprobs, logsumexp
+from ..llm import answer_strings, judgement_from_logprobs, logsumexp, truncate_words
 from ..prompts import load_prompt
-from .hf_teacher import truncate_words
 
 log = logging.getLogger(__name__)
 

