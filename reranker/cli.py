@@ -191,9 +191,11 @@ def demo(
 
 
 def _register_plugins() -> None:
+    from student.cli import register as register_student
     from teacher.cli import register as register_teacher
 
     register_teacher(app)
+    register_student(app)
 
 
 _register_plugins()

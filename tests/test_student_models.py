@@ -19,7 +19,7 @@ from student.config import CONFIG_NAME, StudentConfig
 from student.formatting import encode_pairs, load_template
 from student.models import CrossEncoderStudent, T5Student, load_student
 
-WORDS = "how do solar panels work energy storage wind turbines convert power batteries store coal burning releases carbon".split()
+WORDS = ["how", "do", "solar", "panels", "work", "energy", "storage", "wind", "turbines", "convert", "power", "batteries", "store", "coal", "burning", "releases", "carbon"]
 PAIRS = [
     ("how do solar panels work", "solar panels convert sunlight into power"),
     ("energy storage", "batteries store energy"),
@@ -50,6 +50,16 @@ def tiny_bert_tokenizer():
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *string.ascii_lowercase]
     tokens += [f"##{c}" for c in string.ascii_lowercase] + list(string.punctuation + string.digits)
     return BertTokenizer(vocab={tok: i for i, tok in enumerate(dict.fromkeys(tokens))})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread. On a busy shared CPU, two threads make each 32-wide matmul
+    wait on the other thread (ms instead of µs); restored after this module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +103,12 @@ def test_rank_orders_by_score(student):
     ranked = student.rank("solar power", docs, top_n=3)
     scores = student.score([("solar power", d) for d in docs])
     assert [i for i, _ in ranked] == list(np.argsort(-scores, kind="stable")[:3])
-    assert student.training is False or student.training is True  # score() restores the mode it found
+    student.train()
+    try:
+        student.score(PAIRS[:1])
+        assert student.training  # score() evaluates in eval mode, then restores the mode it found
+    finally:
+        student.eval()
 
 
 def test_save_and_load_round_trip(student, tmp_path):
@@ -177,10 +192,12 @@ def test_a_custom_template_travels_with_the_student(t5_student, tmp_path):
     custom.write_text("name: mine\nversion: 1\nkind: seq2seq-relevance\n---\nQuestion: {query} Passage: {document} Relevant:\n")
     torch.manual_seed(0)
     s = T5Student.from_config(T5_CONFIG, tiny_t5_tokenizer(), template=str(custom))
+    assert s.encode(["coal"], ["coal"])["input_ids"][0, :1].tolist() != t5_student.encode(["coal"], ["coal"])["input_ids"][0, :1].tolist()
+    expected = s.score(PAIRS[:2])
     folder = s.save_pretrained(tmp_path / "s")
-    custom.unlink()
+    custom.unlink()  # the saved student has its own copy
     assert json.loads((folder / CONFIG_NAME).read_text())["template"] == "mine.txt"
-    np.testing.assert_allclose(load_student(folder).score(PAIRS[:2]), s.score(PAIRS[:2]), atol=1e-6)
+    np.testing.assert_allclose(load_student(folder).score(PAIRS[:2]), expected, atol=1e-6)
 
 
 # --- cross-encoder -------------------------------------------------------------------------------
@@ -252,4 +269,4 @@ def test_real_t5_tokenizer_answer_ids_and_formatting(t5_tokenizer):
     whole = t5_tokenizer(f"Query: {query} Document: {doc} Relevant:")["input_ids"]
     assert encode_pairs(t5_tokenizer, config, [query], [doc])["input_ids"][0].tolist() == whole
     long = encode_pairs(t5_tokenizer, config, [query], [doc * 300])["input_ids"][0].tolist()
-    assert len(long) == 512 and long[-5:] == whole[-5:]  # "... ▁Relevan t : </s>" survives
+    assert len(long) == 512 and long[-4:] == whole[-4:]  # "... ▁Relevan t : </s>" survives

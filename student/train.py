@@ -1,0 +1,310 @@
+"""Distillation: train a student on the teacher's labelled groups.
+
+Each step takes ``batch_queries`` query groups; from each group it keeps ``group_size``
+candidates (the positive first when there is one, then candidates sampled with the seed),
+scores them with the student, and applies the configured mix of losses
+(:mod:`student.losses`) against the teacher's scores and labels. Training runs on
+`accelerate`, so the same code runs on a CPU, one GPU (bf16, never fp16) or several
+(``accelerate launch -m reranker.cli distill CONFIG``, or torchrun, gives DDP).
+
+Every ``eval_every`` steps the student re-ranks the dev groups and is scored with ranx:
+``teacher_ndcg@10`` (gains from the teacher's labels: how well the student agrees with its
+teacher) and, with ``dev_qrels``, nDCG@10 against human judgements. The best checkpoint is
+kept, training stops early after ``patience`` evaluations without improvement, and a
+``checkpoint/`` folder (weights, optimiser, scheduler, RNG states, step) lets a crashed run
+resume where it stopped. The result is ``OUTPUT/model``: a student folder that
+:func:`student.models.load_student` opens, with a model card (``README.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reranker.errors import RerankerError
+
+log = logging.getLogger(__name__)
+
+
+class DistillConfig(BaseModel):
+    """Every option of a distillation run; a config file (YAML or TOML) and CLI flags fill it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    train: Path = Field(description="Labelled groups (JSONL from `reranker label --export`).")
+    output_dir: Path = Field(description="Folder for checkpoints, the final model and its card.")
+    dev: Path | None = Field(None, description="Dev groups for evaluation during training.")
+    dev_qrels: Path | None = Field(None, description="Human qrels for the dev queries (optional).")
+    student: Literal["cross-encoder", "t5"] = "cross-encoder"
+    base_model: str = Field("all-MiniLM-L6-v2", description="Hub id or folder to start from.")
+    model_config_overrides: dict[str, Any] | None = Field(None, description="Random init from this transformers config instead.")
+    tokenizer: str | None = Field(None, description="Tokenizer (hub id or folder) for a random init.")
+    max_length: int = Field(256, ge=16)
+    group_size: int = Field(8, ge=2)
+    batch_queries: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    losses: dict[str, float] = Field(default_factory=lambda: {"listwise_kl": 1.0})
+    temperature: float = Field(1.0, gt=0, description="Distillation temperature of listwise_kl (student side).")
+    eval_every: int = Field(100, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 42
+    bf16: bool = Field(True, description="bf16 mixed precision on GPU (ignored on CPU; fp16 is never used for T5).")
+    teacher: str = Field("", description="The teacher that made the labels, for the model card.")
+    resume: bool = Field(True, description="Resume from OUTPUT/checkpoint when it exists.")
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> DistillConfig:
+    """A :class:`DistillConfig` from a YAML/TOML file and/or keyword overrides (``None`` values ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RerankerError(f"{path}: no such config file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        except Exception as exc:  # noqa: BLE001 - both parsers raise their own types
+            raise RerankerError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({exc})") from None
+        if not isinstance(data, dict):
+            raise RerankerError(f"{path}: expected a mapping of options at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return DistillConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise RerankerError(f"{path or 'distill options'}: {problems}") from None
+
+
+def _check_losses(cfg: DistillConfig) -> None:
+    from .losses import LOSSES
+
+    unknown = [name for name in cfg.losses if name not in LOSSES]
+    if unknown:
+        raise RerankerError(f"unknown loss {', '.join(unknown)}; choose from: {', '.join(LOSSES)}")
+
+
+def _sample_group(group, size: int, rng: random.Random):
+    """The positive (if any) first, then ``size - 1`` (or fewer) other candidates."""
+    cands = list(group.candidates)
+    pos = [c for c in cands if c.doc_id == group.positive]
+    rest = [c for c in cands if c.doc_id != group.positive]
+    picked = pos[:1] + rng.sample(rest, min(len(rest), size - len(pos[:1])))
+    return picked
+
+
+def _text(cand, corpus_texts: dict[str, str]) -> str:
+    if cand.text is not None:
+        return cand.text
+    if cand.doc_id not in corpus_texts:
+        raise RerankerError(f"label file has no text for document {cand.doc_id!r}; export with texts")
+    return corpus_texts[cand.doc_id]
+
+
+def build_student(cfg: DistillConfig):
+    from .models import CrossEncoderStudent, T5Student
+
+    cls = T5Student if cfg.student == "t5" else CrossEncoderStudent
+    extra = {"max_length": cfg.max_length}
+    if cfg.model_config_overrides is not None:
+        from transformers import AutoTokenizer
+
+        if not cfg.tokenizer:
+            raise RerankerError("a random init (model_config_overrides) needs a tokenizer")
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        return cls.from_config(dict(cfg.model_config_overrides), tok, **extra)
+    return cls.from_pretrained(cfg.base_model, **extra)
+
+
+def evaluate_groups(student, groups, batch_size: int = 32, qrels=None) -> dict[str, float]:
+    """Re-rank each dev group with ``student``; nDCG@10 against the teacher's labels (and human qrels)."""
+    from reranker.evaluation import evaluate
+    from reranker.records import Qrels, Run
+
+    pairs, keys = [], []
+    for g in groups:
+        for c in g.candidates:
+            pairs.append((g.query, c.text or ""))
+            keys.append((g.query_id, c.doc_id))
+    scores = student.score(pairs, batch_size=batch_size) if pairs else []
+    run = Run(name="student")
+    for (qid, did), s in zip(keys, scores):
+        run.add(qid, did, float(s))
+    teacher_qrels = Qrels({g.query_id: {c.doc_id: int(round(10 * c.label)) for c in g.candidates} for g in groups}, name="teacher")
+    out = {"teacher_ndcg@10": evaluate(teacher_qrels, run, ["ndcg@10"])["student"]["ndcg@10"]}
+    if qrels is not None:
+        judged = Qrels({q: d for q, d in qrels.items() if q in run}, name="human")
+        if len(judged):
+            out["ndcg@10"] = evaluate(judged, run.restrict(judged), ["ndcg@10"])["student"]["ndcg@10"]
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the distillation ``cfg`` describes; returns a summary (also in OUTPUT/summary.json)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from teacher.store import read_groups
+
+    from .losses import combined_loss
+
+    _check_losses(cfg)
+    train_groups = read_groups(cfg.train)
+    if not train_groups:
+        raise RerankerError(f"{cfg.train}: no labelled groups")
+    if any(len(g.candidates) < 2 for g in train_groups):
+        raise RerankerError(f"{cfg.train}: every group needs at least 2 candidates for the listwise losses")
+    dev_groups = read_groups(cfg.dev) if cfg.dev else []
+    dev_qrels = None
+    if cfg.dev_qrels:
+        from reranker.io.trec import read_qrels
+
+        dev_qrels = read_qrels(cfg.dev_qrels)
+    set_seed(cfg.seed)
+    use_bf16 = cfg.bf16 and torch.cuda.is_available()
+    acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
+    student = build_student(cfg)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    params = [
+        {"params": [p for n, p in student.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in student.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_queries * cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    model, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+    state = {"step": 0, "best": None, "best_step": 0, "bad_evals": 0, "history": []}
+    if cfg.resume and (ckpt / "trainer_state.json").is_file():
+        acc.load_state(str(ckpt))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        log.info("resumed from %s at step %d", ckpt, state["step"])
+    elif not cfg.resume and ckpt.exists():
+        raise RerankerError(f"{ckpt} exists; resume it (resume: true) or choose another output_dir")
+    rng = random.Random(cfg.seed + state["step"])
+    unwrapped = acc.unwrap_model(model)
+    start = time.perf_counter()
+
+    def batches():
+        epoch = 0
+        while True:
+            order = list(range(len(train_groups)))
+            random.Random(cfg.seed + epoch).shuffle(order)
+            for i in range(0, len(order), cfg.batch_queries):
+                yield [train_groups[j] for j in order[i : i + cfg.batch_queries]]
+            epoch += 1
+
+    stream = batches()
+    for _ in range(state["step"] * cfg.grad_accum):  # skip what a resumed run already saw
+        next(stream)
+    bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
+    while state["step"] < total:
+        for _ in range(cfg.grad_accum):
+            groups = next(stream)
+            picked = [_sample_group(g, cfg.group_size, rng) for g in groups]
+            width = max(len(p) for p in picked)
+            queries, docs, mask = [], [], torch.zeros(len(picked), width, dtype=torch.bool)
+            t_scores = torch.zeros(len(picked), width)
+            t_labels = torch.zeros(len(picked), width)
+            for i, (g, cands) in enumerate(zip(groups, picked)):
+                for j, c in enumerate(cands):
+                    queries.append(g.query)
+                    docs.append(c.text or "")
+                    mask[i, j] = True
+                    t_scores[i, j], t_labels[i, j] = c.score, c.label
+            with acc.accumulate(model):
+                enc = {k: v.to(acc.device) for k, v in unwrapped.encode(queries, docs).items()}
+                flat = model(**enc).float()
+                s = torch.full((len(picked), width), -1e4, device=acc.device)
+                s[mask.to(acc.device)] = flat
+                loss = combined_loss(cfg.losses, s, teacher_scores=t_scores.to(acc.device), teacher_labels=t_labels.to(acc.device),
+                                     mask=mask.to(acc.device), temperature=cfg.temperature)
+                acc.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+        state["step"] += 1
+        state["history"].append({"step": state["step"], "loss": float(loss.detach())})
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if dev_groups and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
+            model.eval()
+            metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
+            model.train()
+            state["history"][-1].update(metrics)
+            key = metrics["teacher_ndcg@10"]
+            log.info("step %d: %s", state["step"], metrics)
+            if state["best"] is None or key > state["best"]:
+                state.update(best=key, best_step=state["step"], bad_evals=0, best_metrics=metrics)
+                if acc.is_main_process:
+                    unwrapped.save_pretrained(out / "model")
+            else:
+                state["bad_evals"] += 1
+            if acc.is_main_process:
+                acc.save_state(str(ckpt))
+                (ckpt / "trainer_state.json").write_text(json.dumps(state))
+            if state["bad_evals"] >= cfg.patience:
+                log.info("early stop at step %d: no improvement for %d evaluations", state["step"], cfg.patience)
+                break
+    bar.close()
+    if acc.is_main_process:
+        if not dev_groups:
+            unwrapped.save_pretrained(out / "model")
+        summary = {
+            "steps": state["step"], "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
+            "seconds": time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
+            "config": json.loads(cfg.model_dump_json()), "history": state["history"],
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_model_card(out / "model", cfg, summary)
+        return summary
+    return {}
+
+
+def write_model_card(folder: Path, cfg: DistillConfig, summary: dict[str, Any]) -> None:
+    metrics = summary.get("best_metrics") or {}
+    lines = [
+        "---", "library_name: transformers", "tags: [reranker, distillation, " + cfg.student + "]", "---", "",
+        f"# {cfg.student} re-ranker distilled from {cfg.teacher or 'a teacher'}", "",
+        f"- Started from: `{cfg.base_model if cfg.model_config_overrides is None else 'random init'}`",
+        f"- Teacher: {cfg.teacher or '(not recorded)'}",
+        f"- Training data: `{cfg.train}` ({summary['train_groups']} query groups, sha256 {summary['train_sha256'][:16]}...)",
+        f"- Losses: {', '.join(f'{k} x {v}' for k, v in cfg.losses.items())}; distillation temperature {cfg.temperature}",
+        f"- Steps: {summary['steps']} (best at {summary['best_step']}), {summary['seconds']:.0f} s",
+        f"- Dev metrics at the best step: {json.dumps(metrics) if metrics else 'no dev set'}", "",
+        "Load it with `student.models.load_student(PATH)`; `score(pairs)` and `rank(query, docs)` re-rank.",
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
