@@ -37,8 +37,11 @@ STUDENTS = Registry("student kind", {
 })
 
 
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """float32 unless asked otherwise (transformers would otherwise take the checkpoint's own dtype)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
         return dtype
     if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
         raise RerankerError(f"unknown dtype {dtype!r}; use float32 or bfloat16")

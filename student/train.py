@@ -47,7 +47,8 @@ class DistillConfig(BaseModel):
     base_model: str = Field("all-MiniLM-L6-v2", description="Hub id or folder to start from.")
     model_config_overrides: dict[str, Any] | None = Field(None, description="Random init from this transformers config instead.")
     tokenizer: str | None = Field(None, description="Tokenizer (hub id or folder) for a random init.")
-    max_length: int = Field(256, ge=16)
+    max_length: int = Field(256, ge=16, description="Longest input in tokens (query + document + template).")
+    query_max_length: int = Field(64, ge=1, description="Longest query in tokens (cut first).")
     group_size: int = Field(8, ge=2)
     batch_queries: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -124,7 +125,7 @@ def build_student(cfg: DistillConfig):
     from .models import CrossEncoderStudent, T5Student
 
     cls = T5Student if cfg.student == "t5" else CrossEncoderStudent
-    extra = {"max_length": cfg.max_length}
+    extra = {"max_length": cfg.max_length, "query_max_length": cfg.query_max_length}
     if cfg.model_config_overrides is not None:
         from transformers import AutoTokenizer
 

@@ -180,6 +180,8 @@ def test_float16_is_refused(t5_student, tmp_path):
     assert next(bf16.parameters()).dtype == torch.bfloat16
     scores = bf16.score(PAIRS)
     assert scores.dtype == np.float32 and np.isfinite(scores).all()
+    again = load_student(bf16.save_pretrained(tmp_path / "bf16"))  # float32 unless asked, whatever was saved
+    assert next(again.parameters()).dtype == torch.float32
 
 
 def test_tokenizer_without_answer_tokens_is_a_clear_error():
@@ -218,6 +220,9 @@ def test_cross_encoder_long_document_is_cut_not_the_query(bert_student):
     assert len(ids) == config.max_length and ids[-1] == tok.sep_token_id
     assert ids[:4] == tok("solar panels")["input_ids"][:-1] + [tok.sep_token_id]
     assert set(enc) == {"input_ids", "attention_mask", "token_type_ids"}
+    solar = tok.convert_tokens_to_ids("solar")
+    long_query = encode_pairs(tok, config, [" ".join(["solar"] * 50)], ["coal"])["input_ids"][0].tolist()
+    assert long_query.count(solar) == config.query_max_length  # the query is cut to query_max_length tokens
 
 
 def test_packaged_minilm_backbone_loads_as_a_cross_encoder():

@@ -1,0 +1,128 @@
+"""Distillation end to end on tiny models: the same labels train a T5 and a BERT student."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_student_models import BERT_CONFIG, T5_CONFIG, WORDS, tiny_bert_tokenizer, tiny_t5_tokenizer
+
+from reranker.errors import DataFormatError, RerankerError
+from reranker.records import Corpus, Document, Query
+from student.models import load_student
+from student.train import distill, load_config
+from teacher.store import LabelStore
+
+TOPICS = [("solar", "panels"), ("wind", "turbines"), ("coal", "burning"), ("batteries", "storage"), ("energy", "power")]
+
+
+def write_groups(folder: Path) -> tuple[Path, Path]:
+    """Labelled groups through the real label store: the teacher prefers the document that shares the query's words."""
+    docs = {f"d{i}": f"{a} {b} convert store work" for i, (a, b) in enumerate(TOPICS)}
+    corpus = Corpus(Document(k, v) for k, v in docs.items())
+    queries = {f"q{i}-{r}": Query(f"q{i}-{r}", f"how do {a} {b} work" if r else f"{a} {b}") for i, (a, b) in enumerate(TOPICS) for r in range(4)}
+    with LabelStore(folder / "labels.sqlite") as store:
+        rows = []
+        for qid in queries:
+            i = int(qid[1:].split("-")[0])
+            for d in docs:
+                good = d == f"d{i}"
+                rows.append((qid, d, 4.0 if good else -1.0 - 0.1 * int(d[1:]), 0.95 if good else 0.1))
+        store.add_batch("toy:1", "-", rows)
+        positives = {qid: f"d{int(qid[1:].split('-')[0])}" for qid in queries}
+        train = {q: v for q, v in queries.items() if not q.endswith("-3")}
+        dev = {q: v for q, v in queries.items() if q.endswith("-3")}
+        store.export_groups(folder / "all.jsonl", "toy:1", "-", queries, corpus, positives)
+    lines = (folder / "all.jsonl").read_text().splitlines()
+    (folder / "train.jsonl").write_text("\n".join(line for line in lines if json.loads(line)["query_id"] in train) + "\n")
+    (folder / "dev.jsonl").write_text("\n".join(line for line in lines if json.loads(line)["query_id"] in dev) + "\n")
+    return folder / "train.jsonl", folder / "dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory):
+    return write_groups(tmp_path_factory.mktemp("groups"))
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    tiny_t5_tokenizer().save_pretrained(root / "t5")
+    tiny_bert_tokenizer().save_pretrained(root / "bert")
+    return {"t5": root / "t5", "cross-encoder": root / "bert"}
+
+
+def options(kind, groups, tokenizers, out, **extra):
+    train, dev = groups
+    base = dict(
+        train=train, dev=dev, output_dir=out, student=kind, tokenizer=str(tokenizers[kind]),
+        # a tiny BERT with the usual 0.02 init starts with nearly equal scores for every pair and learns slowly
+        model_config_overrides=T5_CONFIG if kind == "t5" else dict(BERT_CONFIG, initializer_range=0.2),
+        max_length=32, query_max_length=8, group_size=5, batch_queries=4, lr=3e-3 if kind == "t5" else 1e-3,
+        warmup_ratio=0.0, eval_every=10, patience=10, seed=0,
+    )
+    base.update(extra)
+    return base
+
+
+@pytest.mark.parametrize("kind", ["t5", "cross-encoder"])
+def test_the_same_labels_train_both_students_and_the_loss_falls(kind, groups, tokenizers, tmp_path):
+    torch.set_num_threads(1)
+    summary = distill(load_config(**options(kind, groups, tokenizers, tmp_path / kind, max_steps=40, losses={"listwise_kl": 1.0, "margin_mse": 0.1})), progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+    # the dev queries are other wordings of the train topics: the student agrees with its teacher there
+    assert summary["best_metrics"]["teacher_ndcg@10"] > 0.85
+    student = load_student(tmp_path / kind / "model")
+    scores = student.score([("solar panels", WORDS[2] + " panels convert store work"), ("solar panels", "coal burning convert store work")])
+    assert scores[0] > scores[1]
+    card = (tmp_path / kind / "model" / "README.md").read_text()
+    assert "listwise_kl x 1.0" in card and "15 query groups" in card
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(groups, tokenizers, tmp_path):
+    out = tmp_path / "run"
+    first = distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=4, eval_every=2)), progress=False)
+    assert first["steps"] == 4 and (out / "checkpoint" / "trainer_state.json").is_file()
+    resumed = distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=7, eval_every=2)), progress=False)
+    assert resumed["steps"] == 7
+    assert [h["step"] for h in resumed["history"]] == list(range(1, 8))  # the first 4 come from the checkpoint
+    assert resumed["history"][:4] == first["history"]
+    with pytest.raises(RerankerError, match="exists; resume it"):
+        distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=8, resume=False)), progress=False)
+
+
+def test_configuration_and_data_errors(groups, tokenizers, tmp_path):
+    with pytest.raises(RerankerError, match="unknown loss kl_div"):
+        distill(load_config(**options("t5", groups, tokenizers, tmp_path / "a", max_steps=1, losses={"kl_div": 1.0})), progress=False)
+    with pytest.raises(RerankerError, match="batch_sise: Extra inputs are not permitted"):
+        load_config(**options("t5", groups, tokenizers, tmp_path / "b", batch_sise=3))
+    with pytest.raises(RerankerError, match="group_size: Input should be a valid integer"):
+        load_config(**options("t5", groups, tokenizers, tmp_path / "b", group_size="many"))
+    bad = tmp_path / "bad.jsonl"
+    lines = groups[0].read_text().splitlines()
+    bad.write_text("\n".join([lines[0], '{"query_id": "x", "query": ', *lines[1:3]]) + "\n")
+    with pytest.raises(DataFormatError, match="bad.jsonl, line 2"):
+        distill(load_config(**options("t5", groups, tokenizers, tmp_path / "c", max_steps=1, train=bad)), progress=False)
+    with pytest.raises(RerankerError):
+        distill(load_config(train=groups[0], output_dir=tmp_path / "d", student="t5", base_model=str(tmp_path / "no-such-checkpoint"), max_steps=1), progress=False)
+
+
+def test_distill_cli_reads_a_config_file_and_flags(groups, tokenizers, tmp_path):
+    import yaml
+
+    cfg = options("cross-encoder", groups, tokenizers, tmp_path / "cli", max_steps=50)
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(cfg))
+    exe = str(Path(sys.executable).with_name("reranker"))
+    res = subprocess.run([exe, "-q", "distill", str(tmp_path / "distill.yaml"), "--max-steps", "3", "--eval-every=3"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "trained 3 steps" in res.stdout and (tmp_path / "cli" / "model" / "student_config.json").is_file()
+    res = subprocess.run([exe, "distill", str(tmp_path / "distill.yaml"), "--no-such-option", "1"], capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 2 and "no_such_option" in res.stderr and "Traceback" not in res.stderr
