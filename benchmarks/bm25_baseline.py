@@ -16,28 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def sh(cmd: list[str], timings: list[dict], label: str) -> str:
-    shown = " ".join(shlex.quote(c) for c in cmd)
-    print(f"$ {shown}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if res.returncode != 0:
-        sys.exit(f"failed: {shown}\n{res.stderr[-3000:]}")
-    timings.append({"step": label, "command": shown, "seconds": round(seconds, 1)})
-    return res.stdout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import EXE, RESULTS, ROOT, environment, sh, timing_table  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +29,7 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bm25-baseline"))
     args = ap.parse_args()
-    exe = str(Path(sys.executable).with_name("reranker"))
+    exe = EXE
     rel = lambda p: os.path.relpath(p, ROOT)
     scifact = rel(args.shared / "datasets" / "beir" / "scifact.zip")
     dl = args.shared / "datasets" / "trec-dl-2019"
@@ -71,10 +55,7 @@ def main() -> None:
 
     scifact_report = json.loads(Path(f"{w}/scifact.json").read_text())
     dl_report = json.loads(Path(f"{w}/dl19.json").read_text())
-    env = {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-        **{p: version(p) for p in ("bm25s", "pyserini", "ranx", "sentence-transformers", "torch")},
-    }
+    env = environment("bm25s", "pyserini", "ranx", "sentence-transformers", "torch")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bm25_baseline.json").write_text(json.dumps({"scifact": scifact_report, "trec_dl_2019": dl_report,
                                                             "timings": t, "environment": env}, indent=2) + "\n")
@@ -100,11 +81,7 @@ def main() -> None:
         "",
         "## Commands and wall time",
         "",
-        "| step | seconds | command |",
-        "|---|---:|---|",
-        *[f"| {x['step']} | {x['seconds']} | `{x['command'].replace(exe, 'reranker').replace(str(w), '$WORK')}` |" for x in t],
-        "",
-        f"Total: {sum(x['seconds'] for x in t):.0f} s.",
+        *timing_table(t, w),
     ]
     (RESULTS / "bm25_baseline.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

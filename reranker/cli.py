@@ -172,6 +172,32 @@ def evaluate(
 
 
 @app.command()
+def rerank(
+    dataset: DatasetArg,
+    model: Annotated[Path, typer.Option(help="A student model folder (from `reranker distill`).")],
+    run: Annotated[Path, typer.Option(help="First-stage TREC run to re-rank.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="TREC run to write.")],
+    top_k: Annotated[int, typer.Option(help="Candidates per query to re-rank.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Pairs per model batch.")] = 32,
+    split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
+    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+):
+    """Re-rank the top-k of a first-stage run with a model folder, without HTTP."""
+    from student.models import load_student
+
+    from .io.trec import read_run, write_run
+    from .rerank import rerank_run
+
+    ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
+    student = load_student(model)
+    start = time.perf_counter()
+    result = rerank_run(student, ds.require_queries(), ds.corpus, read_run(run), top_k=top_k, batch_size=batch_size)
+    result.name = model.name
+    write_run(out, result)
+    typer.echo(f"re-ranked {result.num_entries()} pairs for {len(result)} queries in {time.perf_counter() - start:.1f} s; wrote {out}")
+
+
+@app.command()
 def backends():
     """List the retrieval backends and the extra each needs."""
     from .retrieval import BACKENDS

@@ -230,6 +230,11 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     stream = batches()
     for _ in range(state["step"] * cfg.grad_accum):  # skip what a resumed run already saw
         next(stream)
+    if dev_groups and state["step"] == 0:  # the untrained student's agreement: what training must beat
+        model.eval()
+        state["initial_metrics"] = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
+        model.train()
+        log.info("before training: %s", state["initial_metrics"])
     bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
     while state["step"] < total:
         for _ in range(cfg.grad_accum):
@@ -285,6 +290,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             unwrapped.save_pretrained(out / "model")
         summary = {
             "steps": state["step"], "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
+            "initial_metrics": state.get("initial_metrics"),
             "seconds": time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
             "config": json.loads(cfg.model_dump_json()), "history": state["history"],
         }
@@ -304,7 +310,8 @@ def write_model_card(folder: Path, cfg: DistillConfig, summary: dict[str, Any]) 
         f"- Training data: `{cfg.train}` ({summary['train_groups']} query groups, sha256 {summary['train_sha256'][:16]}...)",
         f"- Losses: {', '.join(f'{k} x {v}' for k, v in cfg.losses.items())}; distillation temperature {cfg.temperature}",
         f"- Steps: {summary['steps']} (best at {summary['best_step']}), {summary['seconds']:.0f} s",
-        f"- Dev metrics at the best step: {json.dumps(metrics) if metrics else 'no dev set'}", "",
+        f"- Dev metrics at the best step: {json.dumps(metrics) if metrics else 'no dev set'}",
+        f"- Dev metrics before training: {json.dumps(summary.get('initial_metrics')) if summary.get('initial_metrics') else 'no dev set'}", "",
         "Load it with `student.models.load_student(PATH)`; `score(pairs)` and `rank(query, docs)` re-rank.",
     ]
     folder.mkdir(parents=True, exist_ok=True)

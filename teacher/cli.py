@@ -78,6 +78,12 @@ def label(
         write_run(save_candidates, cands)
     with LabelStore(store) as st:
         report = label_pairs(t, qs, ds.corpus, cands, st, batch_pairs=batch_pairs, retries=retries)
+        if run_out is not None:
+            from reranker.io.trec import write_run
+
+            teacher_run = st.as_run(t.fingerprint, t.prompt_version).restrict(cands)
+            teacher_run.name = teacher
+            write_run(run_out, teacher_run)
         if export is not None:
             n = st.export_groups(export, t.fingerprint, t.prompt_version, qs, ds.corpus, positives or None)
             typer.echo(f"exported {n} training groups to {export}")

@@ -126,3 +126,9 @@ def test_distill_cli_reads_a_config_file_and_flags(groups, tokenizers, tmp_path)
     assert "trained 3 steps" in res.stdout and (tmp_path / "cli" / "model" / "student_config.json").is_file()
     res = subprocess.run([exe, "distill", str(tmp_path / "distill.yaml"), "--no-such-option", "1"], capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 2 and "no_such_option" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("distill-*.yaml")))
+def test_shipped_configs_are_valid(config):
+    cfg = load_config(config)
+    assert cfg.output_dir.parts[0] == "runs" and cfg.losses

@@ -1,0 +1,40 @@
+"""What the benchmark scripts share: running `reranker` commands with timings, and the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+EXE = str(Path(sys.executable).with_name("reranker"))
+
+
+def sh(cmd: list[str], timings: list[dict], label: str) -> str:
+    """Run ``cmd``, record ``{step, command, seconds}`` in ``timings``, stop the benchmark if it fails."""
+    shown = " ".join(shlex.quote(str(c)) for c in cmd)
+    print(f"$ {shown}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if res.returncode != 0:
+        sys.exit(f"failed: {shown}\n{res.stderr[-3000:]}")
+    timings.append({"step": label, "command": shown, "seconds": round(seconds, 1)})
+    return res.stdout
+
+
+def environment(*packages: str) -> dict:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), **{p: version(p) for p in packages}}
+
+
+def timing_table(timings: list[dict], work: Path) -> list[str]:
+    rows = ["| step | seconds | command |", "|---|---:|---|"]
+    rows += [f"| {t['step']} | {t['seconds']} | `{t['command'].replace(EXE, 'reranker').replace(str(work), '$WORK')}` |" for t in timings]
+    rows += ["", f"Total: {sum(t['seconds'] for t in timings):.0f} s."]
+    return rows
