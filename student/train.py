@@ -113,14 +113,6 @@ def _sample_group(group, size: int, rng: random.Random):
     return picked
 
 
-def _text(cand, corpus_texts: dict[str, str]) -> str:
-    if cand.text is not None:
-        return cand.text
-    if cand.doc_id not in corpus_texts:
-        raise RerankerError(f"label file has no text for document {cand.doc_id!r}; export with texts")
-    return corpus_texts[cand.doc_id]
-
-
 def build_student(cfg: DistillConfig):
     from .models import CrossEncoderStudent, T5Student
 
@@ -144,7 +136,7 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None) -> dict[s
     pairs, keys = [], []
     for g in groups:
         for c in g.candidates:
-            pairs.append((g.query, c.text or ""))
+            pairs.append((g.query, c.text))
             keys.append((g.query_id, c.doc_id))
     scores = student.score(pairs, batch_size=batch_size) if pairs else []
     run = Run(name="student")
@@ -186,6 +178,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     if any(len(g.candidates) < 2 for g in train_groups):
         raise RerankerError(f"{cfg.train}: every group needs at least 2 candidates for the listwise losses")
     dev_groups = read_groups(cfg.dev) if cfg.dev else []
+    for path, groups in ((cfg.train, train_groups), (cfg.dev, dev_groups)):
+        bare = next((g.query_id for g in groups if any(c.text is None for c in g.candidates)), None)
+        if bare is not None:
+            raise RerankerError(f"{path}: query {bare!r} has candidates without text; export the groups with their texts")
     dev_qrels = None
     if cfg.dev_qrels:
         from reranker.io.trec import read_qrels
@@ -247,7 +243,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             for i, (g, cands) in enumerate(zip(groups, picked)):
                 for j, c in enumerate(cands):
                     queries.append(g.query)
-                    docs.append(c.text or "")
+                    docs.append(c.text)
                     mask[i, j] = True
                     t_scores[i, j], t_labels[i, j] = c.score, c.label
             with acc.accumulate(model):

@@ -109,7 +109,15 @@ def test_configuration_and_data_errors(groups, tokenizers, tmp_path):
     bad.write_text("\n".join([lines[0], '{"query_id": "x", "query": ', *lines[1:3]]) + "\n")
     with pytest.raises(DataFormatError, match="bad.jsonl, line 2"):
         distill(load_config(**options("t5", groups, tokenizers, tmp_path / "c", max_steps=1, train=bad)), progress=False)
-    with pytest.raises(RerankerError):
+    textless = tmp_path / "textless.jsonl"
+    rows = [json.loads(line) for line in groups[0].read_text().splitlines()]
+    for row in rows:
+        for c in row["candidates"]:
+            c.pop("text")
+    textless.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RerankerError, match="candidates without text"):
+        distill(load_config(**options("t5", groups, tokenizers, tmp_path / "e", max_steps=1, train=textless)), progress=False)
+    with pytest.raises(RerankerError, match="could not load|no-such-checkpoint"):
         distill(load_config(train=groups[0], output_dir=tmp_path / "d", student="t5", base_model=str(tmp_path / "no-such-checkpoint"), max_steps=1), progress=False)
 
 
