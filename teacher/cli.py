@@ -54,6 +54,7 @@ def label(
     retries: Annotated[int, typer.Option(help="Retries of a failing batch before the run stops.")] = 2,
     export: Annotated[Path | None, typer.Option(help="Also write the student's training groups (JSONL) here.")] = None,
     save_candidates: Annotated[Path | None, typer.Option(help="Write the mined candidates as a TREC run.")] = None,
+    run_out: Annotated[Path | None, typer.Option(help="Write the teacher's scores as a TREC run (the teacher as a re-ranker).")] = None,
     split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
 ):
     """Label query–candidate pairs with a teacher's soft labels, into a resumable label store."""
