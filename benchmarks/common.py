@@ -35,6 +35,9 @@ def environment(*packages: str) -> dict:
 
 def timing_table(timings: list[dict], work: Path) -> list[str]:
     rows = ["| step | seconds | command |", "|---|---:|---|"]
-    rows += [f"| {t['step']} | {t['seconds']} | `{t['command'].replace(EXE, 'reranker').replace(str(work), '$WORK')}` |" for t in timings]
+    def shown(cmd: str) -> str:  # machine-independent: the CLI by name, the work folder as $WORK, ../shared relative
+        return cmd.replace(EXE, "reranker").replace(str(work), "$WORK").replace(f"{ROOT.parent}/", "../")
+
+    rows += [f"| {t['step']} | {t['seconds']} | `{shown(t['command'])}` |" for t in timings]
     rows += ["", f"Total: {sum(t['seconds'] for t in timings):.0f} s."]
     return rows
