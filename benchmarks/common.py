@@ -25,7 +25,8 @@ def sh(cmd: list[str], timings: list[dict], label: str) -> str:
     seconds = time.perf_counter() - start
     if res.returncode != 0:
         sys.exit(f"failed: {shown}\n{res.stderr[-3000:]}")
-    timings.append({"step": label, "command": shown, "seconds": round(seconds, 1)})
+    portable = shown.replace(EXE, "reranker").replace(f"{ROOT.parent}/", "../")  # no machine-specific paths in results
+    timings.append({"step": label, "command": portable, "seconds": round(seconds, 1)})
     return res.stdout
 
 
