@@ -23,7 +23,7 @@ from reranker.errors import MissingDependencyError
 from reranker.records import Corpus, Query, Run
 
 from .base import Teacher, TeacherError, make_teacher
-from .labeling import LabelReport, _batches, query_groups
+from .labeling import LabelReport, batches_of_groups, query_groups
 from .store import LabelStore
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def label_pairs_ray(
     rows = [
         {"batch_id": i, "query_id": [p.query_id for p in b], "doc_id": [p.doc_id for p in b],
          "query": [p.query for p in b], "document": [p.document for p in b]}
-        for i, b in enumerate(_batches(iter(todo), batch_pairs))
+        for i, b in enumerate(batches_of_groups(iter(todo), batch_pairs))
     ]
     if rows:
         if not ray.is_initialized():

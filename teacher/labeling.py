@@ -49,7 +49,8 @@ def query_groups(queries: Mapping[str, Query], corpus: Corpus, candidates: Run) 
         yield group
 
 
-def _batches(groups: Iterator[list[Pair]], batch_pairs: int) -> Iterator[list[Pair]]:
+def batches_of_groups(groups: Iterator[list[Pair]], batch_pairs: int) -> Iterator[list[Pair]]:
+    """Whole query groups packed into batches of up to ``batch_pairs`` pairs (a larger group is a batch of its own)."""
     batch: list[Pair] = []
     for group in groups:
         if batch and len(batch) + len(group) > batch_pairs:
@@ -101,7 +102,7 @@ def label_pairs(
 
     prepared = False
     with tqdm(total=report.pairs, desc=f"labelling ({teacher.name})", unit="pair", disable=not progress) as bar:
-        for batch in _batches(pending(), batch_pairs):
+        for batch in batches_of_groups(pending(), batch_pairs):
             if not prepared:
                 teacher.prepare(corpus)
                 teacher.warm_up()

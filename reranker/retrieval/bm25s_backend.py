@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from ..records import Corpus, Run
 from .base import Retriever
 
@@ -65,6 +67,17 @@ class BM25sRetriever(Retriever):
                 if score > 0:  # bm25s pads with non-matching documents; Lucene returns only matches
                     run.add(qid, self._ids[int(idx)], float(score))
         return run
+
+    def score_all(self, query: str) -> np.ndarray:
+        """BM25 score of ``query`` against every indexed document, in index order (0 where nothing matches)."""
+        tokens = self._tokenize([query])
+        inverse = {i: t for t, i in tokens.vocab.items()}
+        ids = self._model.get_tokens_ids([inverse[i] for i in tokens.ids[0]])  # drops words the corpus lacks
+        return self._model.get_scores_from_ids(ids) if ids else np.zeros(len(self._ids))
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self._ids
 
     def _save(self, path: Path) -> None:
         self._model.save(str(path / "bm25s"))

@@ -35,7 +35,7 @@ class BM25Teacher(Teacher):
                 raise TeacherError(f"{self.params['index']}: a {self._retriever.name} index; the bm25 teacher needs a bm25s one")
         else:
             self._retriever = build_index(corpus, "bm25s", k1=self.params["k1"], b=self.params["b"])
-        self._pos = {doc_id: i for i, doc_id in enumerate(self._retriever._ids)}
+        self._pos = {doc_id: i for i, doc_id in enumerate(self._retriever.doc_ids)}
 
     def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
         if self._retriever is None:
@@ -46,15 +46,7 @@ class BM25Teacher(Teacher):
             if p.doc_id not in self._pos:
                 raise TeacherError(f"document {p.doc_id!r} is not in the bm25 teacher's index")
             if p.query_id not in cache:
-                tokens = self._retriever._tokenize([p.query])
-                model = self._retriever._model
-                ids = model.get_tokens_ids(_token_strings(tokens))  # drops words the corpus lacks
-                cache[p.query_id] = model.get_scores_from_ids(ids) if ids else np.zeros(len(self._pos))
+                cache[p.query_id] = self._retriever.score_all(p.query)
             raw.append(float(cache[p.query_id][self._pos[p.doc_id]]))
         return zscore_judgements(pairs, raw)
 
-
-def _token_strings(tokenized) -> list[str]:
-    """bm25s's get_scores takes the query's tokens as strings."""
-    inverse = {i: t for t, i in tokenized.vocab.items()}
-    return [inverse[i] for i in tokenized.ids[0]]
