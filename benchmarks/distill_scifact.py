@@ -58,9 +58,9 @@ def main() -> None:
     common = ["--train", w / "train.jsonl", "--dev", w / "dev.jsonl", "--group-size", 8, "--batch-queries", 4,
               "--teacher", "ensemble (bm25 + all-MiniLM-L6-v2)", "--resume", "false"]
     sh([EXE, "-q", "distill", *common, "--output-dir", w / "ce", "--student", "cross-encoder", "--max-length", 256,
-        "--epochs", args.ce_epochs, "--lr", 3e-5, "--eval-every", 50], t, "distil the cross-encoder student (MiniLM-L6)")
+        "--epochs", args.ce_epochs, "--lr", 1e-4, "--head-lr", 1e-3, "--eval-every", 50], t, "distil the cross-encoder student (MiniLM-L6)")
     sh([EXE, "-q", "distill", *common, "--output-dir", w / "t5", "--student", "t5", "--tokenizer", t5_tok,
-        "--model-config-overrides", json.dumps(T5_SMALL), "--max-length", 256, "--epochs", args.t5_epochs, "--lr", 5e-4,
+        "--model-config-overrides", json.dumps(T5_SMALL), "--max-length", 256, "--epochs", args.t5_epochs, "--lr", 1e-3,
         "--eval-every", 100], t, "distil the T5 student (random init, d_model 256)")
     sh([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries")
     sh([EXE, "-q", "label", scifact, "--candidates", w / "bm25.trec", "--store", w / "test-labels.sqlite", "--teacher", "ensemble",

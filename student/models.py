@@ -56,6 +56,8 @@ class Student(nn.Module):
     """
 
     kind: ClassVar[str]
+    #: Parameter-name parts of the layers a student adds on top of its backbone (trained at ``head_lr``).
+    head_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: StudentConfig):
         super().__init__()
@@ -231,6 +233,7 @@ class CrossEncoderStudent(Student):
     """A BERT-family sequence classifier with one output: the score of the (query, document) pair."""
 
     kind = "cross-encoder"
+    head_parts = ("classifier.", "pooler.")
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: StudentConfig):
         if model.config.num_labels != 1:

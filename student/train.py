@@ -55,6 +55,7 @@ class DistillConfig(BaseModel):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     lr: float = Field(3e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the new head (cross-encoder pooler + classifier); default: lr.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     losses: dict[str, float] = Field(default_factory=lambda: {"listwise_kl": 1.0})
@@ -128,6 +129,19 @@ def build_student(cfg: DistillConfig):
     return cls.from_pretrained(cfg.base_model, **extra)
 
 
+def parameter_groups(student, cfg: DistillConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; the student's new head at ``head_lr``."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in student.named_parameters():
+        head = any(part in name for part in student.head_parts)
+        groups.setdefault((head, any(k in name for k in no_decay)), []).append(param)
+    return [
+        {"params": params, "weight_decay": 0.0 if decay_free else cfg.weight_decay, "lr": (cfg.head_lr or cfg.lr) if head else cfg.lr}
+        for (head, decay_free), params in sorted(groups.items())
+    ]
+
+
 def evaluate_groups(student, groups, batch_size: int = 32, qrels=None) -> dict[str, float]:
     """Re-rank each dev group with ``student``; nDCG@10 against the teacher's labels (and human qrels)."""
     from reranker.evaluation import evaluate
@@ -191,12 +205,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     use_bf16 = cfg.bf16 and torch.cuda.is_available()
     acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     student = build_student(cfg)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    params = [
-        {"params": [p for n, p in student.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in student.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(student, cfg), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_queries * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)

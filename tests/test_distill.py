@@ -140,3 +140,21 @@ def test_distill_cli_reads_a_config_file_and_flags(groups, tokenizers, tmp_path)
 def test_shipped_configs_are_valid(config):
     cfg = load_config(config)
     assert cfg.output_dir.parts[0] == "runs" and cfg.losses
+
+
+def test_the_new_head_trains_at_its_own_learning_rate(groups, tokenizers):
+    from student.train import build_student, parameter_groups
+
+    cfg = load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5, head_lr=1e-3))
+    student = build_student(cfg)
+    groups_ = parameter_groups(student, cfg)
+    head = {id(p) for n, p in student.named_parameters() if "classifier." in n or "pooler." in n}
+    assert head, "a BERT sequence classifier has a pooler and a classifier"
+    for group in groups_:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= head or not ids & head  # a group is all head or all backbone
+        assert group["lr"] == (1e-3 if ids <= head else 2e-5)
+    assert sum(len(g["params"]) for g in groups_) == len(list(student.parameters()))
+    assert all(g["weight_decay"] == 0.0 for g in groups_ if any(p.ndim == 1 for p in g["params"]))
+    # without head_lr the head follows lr; T5 has no new head at all
+    assert {g["lr"] for g in parameter_groups(student, load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5)))} == {2e-5}
