@@ -174,24 +174,24 @@ def evaluate(
 @app.command()
 def rerank(
     dataset: DatasetArg,
-    model: Annotated[Path, typer.Option(help="A student model folder (from `reranker distill`).")],
+    model: Annotated[Path, typer.Option(help="A model folder: a student (`reranker distill`) or an ONNX export (`reranker export`).")],
     run: Annotated[Path, typer.Option(help="First-stage TREC run to re-rank.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="TREC run to write.")],
     top_k: Annotated[int, typer.Option(help="Candidates per query to re-rank.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Pairs per model batch.")] = 32,
+    backend: Annotated[str, typer.Option(help="auto (by the folder's files), torch or onnx.")] = "auto",
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
     passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
 ):
     """Re-rank the top-k of a first-stage run with a model folder, without HTTP."""
-    from student.models import load_student
-
     from .io.trec import read_run, write_run
     from .rerank import rerank_run
+    from .scoring import load_model
 
     ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
-    student = load_student(model)
+    scorer = load_model(model, backend)
     start = time.perf_counter()
-    result = rerank_run(student, ds.require_queries(), ds.corpus, read_run(run), top_k=top_k, batch_size=batch_size)
+    result = rerank_run(scorer, ds.require_queries(), ds.corpus, read_run(run), top_k=top_k, batch_size=batch_size)
     result.name = model.name
     write_run(out, result)
     typer.echo(f"re-ranked {result.num_entries()} pairs for {len(result)} queries in {time.perf_counter() - start:.1f} s; wrote {out}")

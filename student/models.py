@@ -102,6 +102,15 @@ class Student(nn.Module):
             self.train(was_training)
         return scores
 
+    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes after formatting and truncation (what token-budget batching counts)."""
+        pairs = list(pairs)
+        out: list[int] = []
+        for start in range(0, len(pairs), 256):
+            chunk = pairs[start : start + 256]
+            out.extend(self.encode([q for q, _ in chunk], [d for _, d in chunk])["attention_mask"].sum(dim=1).tolist())
+        return out
+
     def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
         """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
         scores = self.score([(query, d) for d in documents], batch_size)

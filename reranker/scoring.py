@@ -1,0 +1,71 @@
+"""One interface for every model that scores (query, document) pairs, and one loader for model folders.
+
+A :class:`Scorer` is what the batch re-ranker (``reranker rerank``), the HTTP server and the
+benchmarks call, whatever runs underneath: a PyTorch student (``student.models.Student``) or
+an exported ONNX folder run by ONNX Runtime. :func:`load_model` tells the two apart by the
+files in the folder (an ONNX export carries ``onnx_manifest.json``; a student folder
+``student_config.json``) unless a backend is named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import RerankerError
+from .registry import BackendSpec, Registry
+
+ONNX_MANIFEST = "onnx_manifest.json"
+STUDENT_CONFIG = "student_config.json"
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores pairs; higher is more relevant. ``kind`` is ``"t5"`` or ``"cross-encoder"``."""
+
+    kind: str
+
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """float32 scores in input order (raw: log-odds for T5, the logit for cross-encoders)."""
+        ...
+
+    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
+        """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
+        ...
+
+    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes after formatting and truncation (for token-budget batching)."""
+        ...
+
+
+MODEL_BACKENDS = Registry("model backend", {
+    "torch": BackendSpec("student.models", "load_student", "train", "a PyTorch student folder (student_config.json)"),
+    "onnx": BackendSpec("reranker.onnx_runtime", "load_onnx", "cpu", "an exported ONNX folder (onnx_manifest.json), ONNX Runtime"),
+})
+
+
+def detect_backend(folder: str | Path) -> str:
+    """``"onnx"`` or ``"torch"`` from the files in ``folder``; a clear error when it is neither."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RerankerError(f"{folder}: no such model folder")
+    if (folder / ONNX_MANIFEST).is_file():
+        return "onnx"
+    if (folder / STUDENT_CONFIG).is_file():
+        return "torch"
+    raise RerankerError(
+        f"{folder}: not a model folder (expected {ONNX_MANIFEST} from `reranker export` or {STUDENT_CONFIG} from `reranker distill`)"
+    )
+
+
+def load_model(folder: str | Path, backend: str = "auto", **options: Any) -> Scorer:
+    """The scorer in ``folder``: ``backend`` ``"auto"`` (by its files), ``"torch"`` or ``"onnx"``.
+
+    ``options`` go to the backend's loader (e.g. ``device=`` for torch, ``providers=`` for ONNX).
+    """
+    name = detect_backend(folder) if backend == "auto" else backend
+    loader = MODEL_BACKENDS.load(name)
+    return loader(folder, **options)
