@@ -206,11 +206,11 @@ def backends():
         typer.echo(f"{name:10s} {spec.description} (extra: {spec.extra})")
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path("runs/demo"),
+@app.command("retrieval-demo")
+def retrieval_demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path("runs/retrieval-demo"),
 ):
-    """The main job on the embedded corpus: BM25, dense and hybrid retrieval, evaluated (offline, about a minute)."""
+    """First stages on the embedded corpus: BM25, dense and hybrid retrieval, evaluated (offline, about a minute)."""
     from .demo import run_demo
 
     typer.echo(run_demo(out))
@@ -220,8 +220,11 @@ def _register_plugins() -> None:
     from student.cli import register as register_student
     from teacher.cli import register as register_teacher
 
+    from .pipeline.cli import register as register_pipeline
+
     register_teacher(app)
     register_student(app)
+    register_pipeline(app)
 
 
 _register_plugins()

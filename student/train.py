@@ -68,27 +68,31 @@ class DistillConfig(BaseModel):
     resume: bool = Field(True, description="Resume from OUTPUT/checkpoint when it exists.")
 
 
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or TOML file; a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RerankerError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # noqa: BLE001 - both parsers raise their own types
+        raise RerankerError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({exc})") from None
+    if not isinstance(data, dict):
+        raise RerankerError(f"{path}: expected a mapping of options at the top level")
+    return data
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> DistillConfig:
     """A :class:`DistillConfig` from a YAML/TOML file and/or keyword overrides (``None`` values ignored)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RerankerError(f"{path}: no such config file")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".toml":
-                import tomllib
-
-                data = tomllib.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as exc:  # noqa: BLE001 - both parsers raise their own types
-            raise RerankerError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({exc})") from None
-        if not isinstance(data, dict):
-            raise RerankerError(f"{path}: expected a mapping of options at the top level")
+    data: dict[str, Any] = load_config_file(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return DistillConfig(**data)

@@ -8,7 +8,7 @@ from test_cli import ok
 
 
 def test_demo_runs_offline_and_reports_three_retrievers(tmp_path):
-    res = ok("demo", "--out", tmp_path / "demo", cwd=tmp_path)
+    res = ok("retrieval-demo", "--out", tmp_path / "demo", cwd=tmp_path)
     assert "Northwind Analytics demo: 40 queries" in res.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert list(report["scores"]) == ["bm25s", "dense", "hybrid-rrf"]
