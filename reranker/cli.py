@@ -221,10 +221,12 @@ def _register_plugins() -> None:
     from teacher.cli import register as register_teacher
 
     from .pipeline.cli import register as register_pipeline
+    from .server.cli import register as register_server
 
     register_teacher(app)
     register_student(app)
     register_pipeline(app)
+    register_server(app)
 
 
 _register_plugins()

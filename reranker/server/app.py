@@ -1,0 +1,353 @@
+"""The re-rank HTTP API: :func:`create_app` builds a FastAPI app around one model folder or scorer.
+
+Endpoints: Cohere's ``POST /v1/rerank`` and ``/v2/rerank``, text-embeddings-inference's
+``POST /rerank``, ``GET /health`` (liveness), ``GET /ready`` (model loaded and warmed up),
+``GET /metrics`` (Prometheus) and ``/docs`` (OpenAPI). The model loads in the background when
+the app starts, so ``/health`` answers at once and the rerank endpoints answer 503 with
+Retry-After until ``/ready`` does. Every error is JSON ``{"message", "error", "error_type"}``
+with a 4xx status for anything wrong with the request; a 5xx only for faults of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import RerankerError
+from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents
+from .metrics import Metrics
+from .schemas import (
+    ApiVersion,
+    BilledUnits,
+    CohereMeta,
+    CohereRerankRequest,
+    CohereRerankResponse,
+    CohereResult,
+    ErrorResponse,
+    Health,
+    ResultDocument,
+    TEIRank,
+    TEIRerankRequest,
+    error_body,
+)
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+WARM_UP_WORDS = (8, 64, 512)
+BEARER = HTTPBearer(auto_error=False, description="The server's API key (RERANKER_API_KEY)")
+
+
+class ApiError(Exception):
+    """An error answered as JSON with ``status``."""
+
+    def __init__(self, status: int, message: str, error_type: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.headers = status, message, error_type, headers
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    metrics: Metrics
+    model_name: str
+    status: str = "loading"  # loading | ready | failed | stopping
+    detail: str | None = None
+    scorer: Any = None
+    batcher: Batcher | None = None
+    backend: str | None = None
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic in float64, within [0, 1]."""
+    return np.clip(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))), 0.0, 1.0)
+
+
+def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
+    from ..scoring import detect_backend, load_model
+
+    backend = detect_backend(source) if settings.backend == "auto" else settings.backend
+    options: dict[str, Any] = {}
+    if backend == "torch":
+        if settings.device:
+            options["device"] = settings.device
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+    elif backend == "onnx" and settings.threads:
+        options["intra_op_threads"] = settings.threads
+    start = time.perf_counter()
+    scorer = load_model(source, backend, **options)
+    log.info("loaded %s model %s (%s) in %.1f s", backend, source, getattr(scorer, "kind", "?"), time.perf_counter() - start)
+    return scorer, backend
+
+
+def _warm_up(scorer: Any) -> None:
+    pairs = [("warm up the model", " ".join(["relevance"] * n)) for n in WARM_UP_WORDS]
+    scorer.pair_lengths(pairs)
+    scorer.score(pairs, batch_size=len(pairs))
+
+
+async def _start(state: ServerState, source: Any) -> None:
+    """Load (unless given a scorer), warm up, then start the batcher and report ready."""
+    s = state.settings
+    try:
+        if isinstance(source, str | Path):
+            state.scorer, state.backend = await asyncio.to_thread(_load, source, s)
+        else:
+            state.scorer, state.backend = source, type(source).__name__
+        batcher = Batcher(state.scorer, max_batch_tokens=s.max_batch_tokens, max_batch_pairs=s.max_batch_pairs,
+                          max_wait_ms=s.max_wait_ms, max_queue_pairs=s.max_queue_pairs, metrics=state.metrics)
+        if s.warmup:
+            start = time.perf_counter()
+            await batcher.in_model_thread(_warm_up, state.scorer)
+            log.info("warm-up took %.2f s", time.perf_counter() - start)
+        batcher.start()
+        state.batcher, state.status = batcher, "ready"
+        state.metrics.ready.set(1)
+        log.info("ready: serving %s", state.model_name)
+    except Exception as exc:  # reported by /health and /ready; the process stays up so that it can be inspected
+        state.status, state.detail = "failed", str(exc)
+        log.exception("the model could not be loaded")
+
+
+def _error_doc(description: str, retry_after: bool = False) -> dict:
+    doc: dict[str, Any] = {"model": ErrorResponse, "description": description}
+    if retry_after:
+        doc["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+    return doc
+
+
+ERRORS = {
+    400: _error_doc("Malformed JSON"),
+    401: _error_doc("Missing or wrong API key (only when the server has one)"),
+    413: _error_doc("Too many documents, or a query or document too long"),
+    422: _error_doc("The body does not match the request schema (missing field, wrong type, empty query or list, top_n < 1)"),
+    429: _error_doc("The queue is full", retry_after=True),
+    503: _error_doc("The model is not ready yet, or the server is shutting down", retry_after=True),
+}
+
+
+def create_app(model: Any = None, settings: ServerSettings | None = None) -> FastAPI:
+    """The API around ``model``: a model folder (torch student or ONNX export) or a ready scorer.
+
+    Without ``model``, ``settings.model`` (``RERANKER_MODEL``) names the folder.
+    """
+    from .. import __version__
+
+    settings = settings or ServerSettings()
+    source = model if model is not None else settings.model
+    if source is None:
+        raise RerankerError("no model: pass a model folder (reranker serve MODEL_DIR) or set RERANKER_MODEL")
+    name = settings.model_name or (Path(source).name if isinstance(source, str | Path) else type(source).__name__)
+    state = ServerState(settings=settings, metrics=Metrics(), model_name=name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(_start(state, source), name="reranker-load")
+        try:
+            yield
+        finally:
+            state.status = "stopping"
+            state.metrics.ready.set(0)
+            if not loader.done():
+                loader.cancel()
+            if state.batcher is not None:
+                await state.batcher.stop()
+
+    app = FastAPI(
+        title="enterprise-reranker",
+        version=__version__,
+        lifespan=lifespan,
+        description=(
+            "Re-rank documents for a query with a distilled student. Cohere-compatible `/v1/rerank` and `/v2/rerank`, "
+            "text-embeddings-inference-compatible `/rerank`. relevance_score is the sigmoid of the model's raw score."
+        ),
+    )
+    app.state.reranker = state
+    _install_handlers(app, state)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])
+    _add_routes(app, state)
+    return app
+
+
+def _batcher(state: ServerState) -> Batcher:
+    if state.batcher is None or state.status != "ready":
+        if state.status == "failed":
+            raise ServiceUnavailable(f"the model failed to load: {state.detail}", 30)
+        raise ServiceUnavailable("the server is shutting down" if state.status == "stopping" else "the model is loading", 1)
+    return state.batcher
+
+
+def _check_limits(settings: ServerSettings, query: str, texts: list[str]) -> None:
+    if len(texts) > settings.max_documents:
+        raise ApiError(413, f"{len(texts)} documents; the server takes at most {settings.max_documents} per request", "payload_too_large")
+    if len(query) > settings.max_chars:
+        raise ApiError(413, f"the query has {len(query)} characters; at most {settings.max_chars}", "payload_too_large")
+    for i, t in enumerate(texts):
+        if len(t) > settings.max_chars:
+            raise ApiError(413, f"document {i} has {len(t)} characters; at most {settings.max_chars}", "payload_too_large")
+
+
+async def _raw_scores(state: ServerState, query: str, texts: list[str], max_tokens_per_doc: int | None = None) -> np.ndarray:
+    s = state.settings
+    _check_limits(s, query, texts)
+    batcher = _batcher(state)
+    window = (s.window_words, s.window_overlap) if s.long_docs == "window" else None
+    scores = await score_documents(batcher, query, texts, max_tokens_per_doc=max_tokens_per_doc, window=window)
+    state.metrics.documents.inc(len(texts))
+    return scores
+
+
+def _ranking(scores: np.ndarray, top_n: int | None) -> list[int]:
+    order = np.argsort(-scores, kind="stable").tolist()  # best first, ties by index
+    return order[:top_n] if top_n is not None else order
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    s = state.settings
+    async def require_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        key = s.api_key.get_secret_value() if s.api_key else ""
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "unauthorized",
+                           {"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(require_key)] if s.api_key else []
+    errors = {k: v for k, v in ERRORS.items() if k != 401 or s.api_key}
+
+    async def cohere(req: CohereRerankRequest, version: str) -> CohereRerankResponse:
+        texts = req.texts()
+        raw = await _raw_scores(state, req.query, texts, req.max_tokens_per_doc)
+        probs = sigmoid(raw)
+        results = [
+            CohereResult(index=i, relevance_score=float(probs[i]),
+                         document=ResultDocument(text=texts[i]) if req.return_documents else None,
+                         raw_score=float(raw[i]) if req.return_raw_scores else None)
+            for i in _ranking(raw, req.top_n)
+        ]
+        meta = CohereMeta(api_version=ApiVersion(version=version), billed_units=BilledUnits(search_units=math.ceil(len(texts) / 100)))
+        return CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=meta)
+
+    common = {"response_model_exclude_none": True, "responses": errors, "dependencies": guarded, "tags": ["rerank"]}
+
+    @app.post("/v1/rerank", response_model=CohereRerankResponse, summary="Rerank (Cohere v1)", **common)
+    async def rerank_v1(req: CohereRerankRequest) -> CohereRerankResponse:
+        return await cohere(req, "1")
+
+    @app.post("/v2/rerank", response_model=CohereRerankResponse, summary="Rerank (Cohere v2)", **common)
+    async def rerank_v2(req: CohereRerankRequest) -> CohereRerankResponse:
+        return await cohere(req, "2")
+
+    @app.post("/rerank", response_model=list[TEIRank], summary="Rerank (text-embeddings-inference)", **common)
+    async def rerank_tei(req: TEIRerankRequest) -> list[TEIRank]:
+        raw = await _raw_scores(state, req.query, req.texts)
+        scores = raw.astype(np.float64) if req.raw_scores else sigmoid(raw)
+        return [TEIRank(index=i, score=float(scores[i]), text=req.texts[i] if req.return_text else None) for i in _ranking(raw, None)]
+
+    def health_body(status: str) -> dict:
+        return Health(status=status, model=state.model_name, backend=state.backend, kind=getattr(state.scorer, "kind", None),
+                      detail=state.detail).model_dump(exclude_none=True)
+
+    @app.get("/health", response_model=Health, response_model_exclude_none=True, tags=["ops"],
+             responses={503: {"model": Health, "description": "The model failed to load"}})
+    async def health() -> Any:
+        """Liveness: 200 while the process serves (also while the model loads); 503 when loading failed."""
+        if state.status == "failed":
+            return JSONResponse(health_body("failed"), status_code=503)
+        return health_body("ok")
+
+    @app.get("/ready", response_model=Health, response_model_exclude_none=True, tags=["ops"],
+             responses={503: {"model": Health, "description": "Not ready: loading, failed or stopping",
+                              "headers": ERRORS[503]["headers"]}})
+    async def ready() -> Any:
+        """Readiness: 200 once the model is loaded and warmed up."""
+        if state.status != "ready":
+            return JSONResponse(health_body(state.status), status_code=503, headers={"Retry-After": "1"})
+        return health_body("ready")
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus metrics"}})
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+def _install_handlers(app: FastAPI, state: ServerState) -> None:
+    def answer(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(error_body(message, error_type), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return answer(400, "the body is not valid JSON", "malformed_json")
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        return answer(422, "; ".join(parts) + more, "validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return answer(exc.status_code, str(exc.detail), "http", getattr(exc, "headers", None))
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return answer(exc.status, exc.message, exc.error_type, exc.headers)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        if exc.status == 503:
+            state.metrics.rejected.labels(reason="unavailable").inc()
+        kind = "overloaded" if exc.status == 429 else "unavailable"
+        return answer(exc.status, str(exc), kind, {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(TooLarge)
+    async def too_large(request: Request, exc: TooLarge) -> JSONResponse:
+        return answer(413, str(exc), "payload_too_large")
+
+    @app.exception_handler(Exception)
+    async def server_fault(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return answer(500, "internal server error", "server")
+
+    limit = state.settings.max_request_bytes
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        size = request.headers.get("content-length", "")
+        status = 500
+        try:
+            if size.isdigit() and int(size) > limit:
+                response = answer(413, f"the body has {size} bytes; at most {limit}", "payload_too_large")
+            else:
+                response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            state.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            state.metrics.request_seconds.labels(endpoint=endpoint).observe(time.perf_counter() - start)

@@ -1,0 +1,490 @@
+"""The re-rank server, started for real (uvicorn on a loopback port) and called over HTTP.
+
+Models are the tiny students of test_student_models (a BERT cross-encoder and a T5 built from
+configs), saved to a folder and served through load_model, as `reranker serve` does. Scores are
+checked against the same folder loaded directly (scorer.score), not against the server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from test_student_models import BERT_CONFIG, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
+
+from reranker.scoring import load_model
+from reranker.server.app import create_app, sigmoid
+from reranker.server.batching import split_windows
+from reranker.server.client import RerankAPIError, RerankClient
+from reranker.server.settings import ServerSettings
+from student.models import CrossEncoderStudent, T5Student
+
+EXE = Path(sys.executable).with_name("reranker")
+QUERY = "how do solar panels work"
+DOCS = [
+    "solar panels convert sunlight into power",
+    "batteries store energy",
+    "wind turbines convert the kinetic energy of moving air into power",
+    "burning coal releases carbon dioxide",
+    "solar energy storage",
+    "how wind power works",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app, wait: str = "/ready", timeout: float = 60) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL; always stops."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, wait, timeout)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wait_for(url: str, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url}{path} not 200 after {timeout} s")
+        time.sleep(0.05)
+
+
+class Slow:
+    """A real scorer whose ``score`` sleeps first (``first`` seconds on the first call, ``delay`` after)."""
+
+    def __init__(self, inner, delay: float = 0.0, first: float | None = None):
+        self.inner, self.delay, self.first, self.calls = inner, delay, first, 0
+        self.kind, self.tokenizer = inner.kind, inner.tokenizer
+
+    def score(self, pairs, batch_size: int = 32):
+        self.calls += 1
+        time.sleep(self.first if self.calls == 1 and self.first is not None else self.delay)
+        return self.inner.score(pairs, batch_size)
+
+    def pair_lengths(self, pairs):
+        return self.inner.pair_lengths(pairs)
+
+    def rank(self, query, documents, top_n=None, batch_size=32):
+        return self.inner.rank(query, documents, top_n, batch_size)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ce_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8)
+    return student.save_pretrained(tmp_path_factory.mktemp("ce") / "model")
+
+
+@pytest.fixture(scope="module")
+def reference(ce_folder):
+    """The served folder loaded directly: what the server's scores must equal."""
+    return load_model(ce_folder)
+
+
+def direct(scorer, query: str, docs: list[str]) -> np.ndarray:
+    return scorer.score([(query, d) for d in docs]).astype(np.float64)
+
+
+SETTINGS = {"max_documents": 20, "max_chars": 500, "max_wait_ms": 20}
+
+
+@pytest.fixture(scope="module")
+def server(ce_folder) -> Iterator[str]:
+    with running(create_app(str(ce_folder), ServerSettings(**SETTINGS))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def secured(ce_folder) -> Iterator[str]:
+    settings = ServerSettings(api_key="s3cret", cors_origins="http://allowed.example", **SETTINGS)
+    with running(create_app(str(ce_folder), settings)) as url:
+        yield url
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+# --- the rerank endpoints ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_cohere_rerank(server, reference, version):
+    raw = direct(reference, QUERY, DOCS)
+    docs = [d if i % 2 else {"text": d} for i, d in enumerate(DOCS)]  # strings and {"text": ...} mixed
+    r = httpx.post(f"{server}/{version}/rerank", json={"query": QUERY, "documents": docs, "top_n": 4, "return_documents": True,
+                                                       "model": "ignored", "return_raw_scores": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] and body["meta"]["api_version"]["version"] == version[1]
+    results = body["results"]
+    assert [x["index"] for x in results] == list(np.argsort(-raw, kind="stable")[:4])
+    for x in results:
+        assert x["relevance_score"] == pytest.approx(sigmoid(raw[x["index"]]), abs=1e-6)
+        assert 0 <= x["relevance_score"] <= 1
+        assert x["raw_score"] == pytest.approx(raw[x["index"]], abs=1e-5)
+        assert x["document"] == {"text": DOCS[x["index"]]}
+    # defaults: every document, no document text, no raw score
+    plain = httpx.post(f"{server}/{version}/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"]
+    assert len(plain) == len(DOCS) and all(set(x) == {"index", "relevance_score"} for x in plain)
+    # top_n above the number of documents returns them all
+    assert len(httpx.post(f"{server}/{version}/rerank", json={"query": QUERY, "documents": DOCS[:2], "top_n": 50}).json()["results"]) == 2
+
+
+def test_max_tokens_per_doc_cuts_documents(server, reference):
+    doc = "wind turbines convert energy storage batteries"  # every word is one token of the tiny vocabulary
+    r = httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": [doc], "max_tokens_per_doc": 3, "return_raw_scores": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["raw_score"] == pytest.approx(direct(reference, QUERY, ["wind turbines convert"])[0], abs=1e-5)
+    assert direct(reference, QUERY, ["wind turbines convert"])[0] != pytest.approx(direct(reference, QUERY, [doc])[0], abs=1e-5)
+
+
+def test_tei_rerank(server, reference):
+    raw = direct(reference, QUERY, DOCS)
+    r = httpx.post(f"{server}/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True, "truncate": True})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert isinstance(out, list) and [x["index"] for x in out] == list(np.argsort(-raw, kind="stable"))
+    for x in out:
+        assert x["score"] == pytest.approx(sigmoid(raw[x["index"]]), abs=1e-6) and x["text"] == DOCS[x["index"]]
+    raw_out = httpx.post(f"{server}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
+    assert all("text" not in x for x in raw_out)
+    assert {x["index"]: x["score"] for x in raw_out} == pytest.approx(dict(enumerate(raw)), abs=1e-5)
+
+
+def test_t5_student_is_served(tmp_path, reference):
+    torch.manual_seed(0)
+    folder = T5Student.from_config(T5_CONFIG, tiny_t5_tokenizer(), max_length=48, query_max_length=8).save_pretrained(tmp_path / "t5")
+    t5 = load_model(folder)
+    with running(create_app(str(folder), ServerSettings())) as url:
+        assert httpx.get(f"{url}/ready").json()["kind"] == "t5"
+        out = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS, "return_raw_scores": True}).json()["results"]
+    raw = direct(t5, QUERY, DOCS)
+    for x in out:
+        assert x["raw_score"] == pytest.approx(raw[x["index"]], abs=1e-5)
+        assert x["relevance_score"] == pytest.approx(sigmoid(raw[x["index"]]), abs=1e-6)
+
+
+# --- bad input: always a 4xx JSON error with a message -------------------------------------------
+
+LONG = "x" * 501
+BAD = [
+    ("/v2/rerank", {"documents": DOCS}, 422, "query: Field required"),
+    ("/v2/rerank", {"query": "", "documents": DOCS}, 422, "query"),
+    ("/v2/rerank", {"query": "   ", "documents": DOCS}, 422, "query: Value error, must not be empty"),
+    ("/v2/rerank", {"query": QUERY, "documents": []}, 422, "documents: List should have at least 1 item"),
+    ("/v2/rerank", {"query": QUERY}, 422, "documents: Field required"),
+    ("/v2/rerank", {"query": QUERY, "documents": "one string"}, 422, "documents: Input should be a valid list"),
+    ("/v2/rerank", {"query": QUERY, "documents": [1, 2]}, 422, "documents.0"),
+    ("/v2/rerank", {"query": QUERY, "documents": [{"title": "no text"}]}, 422, "text"),
+    ("/v2/rerank", {"query": 7, "documents": DOCS}, 422, "query: Input should be a valid string"),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": 0}, 422, "top_n: Input should be greater than or equal to 1"),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": -3}, 422, "top_n"),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": "3"}, 422, "top_n: Input should be a valid integer"),
+    ("/v2/rerank", {"query": QUERY, "documents": DOCS, "top_n": 2.5}, 422, "top_n"),
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS, "return_documents": "yes"}, 422, "return_documents"),
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS, "max_tokens_per_doc": 0}, 422, "max_tokens_per_doc"),
+    ("/v1/rerank", [QUERY, DOCS], 422, "Input should be a valid dictionary"),
+    ("/v1/rerank", {"query": QUERY, "documents": ["d"] * 21}, 413, "21 documents; the server takes at most 20"),
+    ("/v1/rerank", {"query": QUERY, "documents": ["short", LONG]}, 413, "document 1 has 501 characters; at most 500"),
+    ("/v1/rerank", {"query": LONG, "documents": DOCS}, 413, "the query has 501 characters"),
+    ("/rerank", {"query": QUERY, "texts": []}, 422, "texts"),
+    ("/rerank", {"query": QUERY, "texts": DOCS, "raw_scores": "no"}, 422, "raw_scores"),
+    ("/rerank", {"query": QUERY, "texts": [None]}, 422, "texts.0"),
+    ("/rerank", {"query": QUERY, "texts": [LONG]}, 413, "document 0 has 501 characters"),
+    ("/rerank", {"texts": DOCS}, 422, "query: Field required"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), BAD, ids=[f"{p}-{m[:30]}" for p, _, _, m in BAD])
+def test_bad_input_is_a_4xx_with_a_message(server, path, body, status, message):
+    r = httpx.post(server + path, json=body)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert message in r.json()["message"] and r.json()["error"] == r.json()["message"]
+
+
+def test_malformed_requests(server):
+    r = httpx.post(f"{server}/v2/rerank", content=b'{"query": "x", "documents": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["message"] == "the body is not valid JSON"
+    assert httpx.post(f"{server}/v2/rerank", content=b"query=x", headers={"content-type": "text/plain"}).status_code == 422
+    assert httpx.post(f"{server}/v2/rerank").status_code == 422
+    r = httpx.get(f"{server}/v2/rerank")
+    assert r.status_code == 405 and "message" in r.json()
+    r = httpx.post(f"{server}/v3/rerank", json={})
+    assert r.status_code == 404 and r.json()["message"] == "Not Found"
+
+
+def test_a_body_over_the_byte_limit_is_413(ce_folder):
+    with running(create_app(str(ce_folder), ServerSettings(max_request_bytes=2048, warmup=False))) as url:
+        r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": ["solar " * 100] * 10})
+    assert r.status_code == 413 and "at most 2048" in r.json()["message"]
+
+
+# --- operations: health, readiness, metrics, docs --------------------------------------------------
+
+
+def test_health_ready_docs(server):
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    ready = httpx.get(f"{server}/ready").json()
+    assert ready == {"status": "ready", "model": "model", "backend": "torch", "kind": "cross-encoder"}
+    assert "swagger-ui" in httpx.get(f"{server}/docs").text
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/rerank", "/v2/rerank", "/rerank", "/health", "/ready", "/metrics"} <= set(spec["paths"])
+    assert set(spec["paths"]["/v2/rerank"]["post"]["responses"]) >= {"200", "400", "413", "422", "429", "503"}
+
+
+def test_metrics_count_requests_pairs_and_batches(server):
+    before = httpx.get(f"{server}/metrics").text
+    assert httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+    assert httpx.post(f"{server}/v2/rerank", json={"query": QUERY, "documents": []}).status_code == 422
+    r = httpx.get(f"{server}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    after = r.text
+    def grew(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+    assert grew("reranker_requests_total", endpoint="/v2/rerank", status="200") == 1
+    assert grew("reranker_requests_total", endpoint="/v2/rerank", status="422") == 1
+    assert grew("reranker_pairs_total") == len(DOCS) and grew("reranker_documents_total") == len(DOCS)
+    assert grew("reranker_batches_total") >= 1 and grew("reranker_batch_size_count") >= 1
+    assert grew("reranker_request_duration_seconds_count", endpoint="/v2/rerank") == 2
+    assert "reranker_queue_pairs 0.0" in after and "reranker_ready 1.0" in after
+    assert metric(after, "reranker_queue_wait_seconds_count") >= 1
+
+
+def test_not_ready_is_503_with_retry_after(ce_folder):
+    slow = Slow(load_model(ce_folder), first=3.0)  # the warm-up takes 3 s
+    with running(create_app(slow, ServerSettings()), wait="/health") as url:
+        r = httpx.get(f"{url}/ready")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"] == "1"
+        assert httpx.get(f"{url}/health").status_code == 200  # alive while loading
+        r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "loading" in r.json()["message"]
+        wait_for(url, "/ready", 30)
+        assert httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_reported(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "student_config.json").write_text("{not json")
+    with running(create_app(str(tmp_path / "broken"), ServerSettings()), wait="/openapi.json") as url:
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/ready").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = httpx.get(f"{url}/health")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and r.json()["detail"]
+        r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 503 and "failed to load" in r.json()["message"]
+
+
+# --- batching ----------------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_score_as_one_at_a_time(server, reference):
+    rng = np.random.default_rng(0)
+    pool = DOCS + [f"{a} {b}" for a in DOCS for b in DOCS[:3]]
+    requests = [(f"{q} {i}", [pool[j] for j in rng.choice(len(pool), size=int(rng.integers(1, 20)), replace=False)])
+                for i, q in enumerate(["solar power", "energy storage", "wind", "coal carbon"] * 5)]
+
+    def call(req):
+        q, docs = req
+        r = httpx.post(f"{server}/v2/rerank", json={"query": q, "documents": docs, "return_raw_scores": True}, timeout=60)
+        assert r.status_code == 200, r.text
+        return {x["index"]: x["raw_score"] for x in r.json()["results"]}
+
+    sequential = [call(r) for r in requests]
+    batches_before = metric(httpx.get(f"{server}/metrics").text, "reranker_batches_total")
+    with ThreadPoolExecutor(20) as pool_:
+        concurrent = list(pool_.map(call, requests))
+    batches = metric(httpx.get(f"{server}/metrics").text, "reranker_batches_total") - batches_before
+    for (q, docs), seq, con in zip(requests, sequential, concurrent):
+        want = direct(reference, q, docs)
+        assert [seq[i] for i in range(len(docs))] == pytest.approx(want.tolist(), abs=1e-5)
+        assert [con[i] for i in range(len(docs))] == pytest.approx(want.tolist(), abs=1e-5)
+    assert batches < len(requests)  # pairs of concurrent requests shared batches
+
+
+def test_a_full_queue_answers_429_with_retry_after(ce_folder):
+    reference = load_model(ce_folder)
+    slow = Slow(load_model(ce_folder), delay=1.0)
+    settings = ServerSettings(max_queue_pairs=8, max_documents=8, max_wait_ms=0, warmup=False)
+    with running(create_app(slow, settings)) as url:
+        def call(i):
+            return httpx.post(f"{url}/v2/rerank", json={"query": f"solar {i}", "documents": DOCS + DOCS[:2], "return_raw_scores": True},
+                              timeout=60)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(call, range(4)))
+        metrics = httpx.get(f"{url}/metrics").text
+    statuses = sorted(r.status_code for r in answers)
+    assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
+    for i, r in enumerate(answers):
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["message"]
+        else:
+            got = {x["index"]: x["raw_score"] for x in r.json()["results"]}
+            assert [got[j] for j in range(8)] == pytest.approx(direct(reference, f"solar {i}", DOCS + DOCS[:2]).tolist(), abs=1e-5)
+    assert metric(metrics, "reranker_rejected_total", reason="queue_full") == statuses.count(429)
+
+
+def test_split_windows():
+    assert split_windows("a b c d e f g h i j", 4, 1) == ["a b c d", "d e f g", "g h i j"]
+    assert split_windows("a b c d e", 4, 1) == ["a b c d", "d e"]
+    assert split_windows("a  b c", 4, 1) == ["a  b c"]  # short texts stay as they are
+
+
+def test_long_documents_scored_by_their_best_window(ce_folder, reference):
+    long_doc = "coal releases carbon dioxide batteries store energy solar panels work"
+    settings = ServerSettings(long_docs="window", window_words=4, window_overlap=1)
+    with running(create_app(str(ce_folder), settings)) as url:
+        out = httpx.post(f"{url}/rerank", json={"query": QUERY, "texts": [long_doc, "solar"], "raw_scores": True}).json()
+    got = {x["index"]: x["score"] for x in out}
+    windows = ["coal releases carbon dioxide", "dioxide batteries store energy", "energy solar panels work"]
+    assert split_windows(long_doc, 4, 1) == windows
+    assert got[0] == pytest.approx(direct(reference, QUERY, windows).max(), abs=1e-5)
+    assert got[1] == pytest.approx(direct(reference, QUERY, ["solar"])[0], abs=1e-5)
+
+
+# --- auth, CORS, clients ----------------------------------------------------------------------------------
+
+
+def test_api_key_is_required_when_set(secured):
+    body = {"query": QUERY, "documents": DOCS}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+        r = httpx.post(f"{secured}/v2/rerank", json=body, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["message"]
+    assert httpx.post(f"{secured}/rerank", json={"query": QUERY, "texts": DOCS}).status_code == 401
+    assert httpx.post(f"{secured}/v2/rerank", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert httpx.get(f"{secured}/ready").status_code == 200  # probes stay open
+
+
+def test_cors_only_for_configured_origins(server, secured):
+    preflight = {"Origin": "http://allowed.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    r = httpx.options(f"{secured}/v2/rerank", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://allowed.example"
+    r = httpx.options(f"{secured}/v2/rerank", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-origin" not in httpx.options(f"{server}/v2/rerank", headers=preflight).headers  # off by default
+
+
+def test_official_cohere_sdk(secured, reference):
+    cohere = pytest.importorskip("cohere")
+    raw = direct(reference, QUERY, DOCS)
+    best = list(np.argsort(-raw, kind="stable"))
+    v2 = cohere.ClientV2(api_key="s3cret", base_url=secured)
+    res = v2.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS, top_n=3)
+    assert [r.index for r in res.results] == best[:3]
+    assert [r.relevance_score for r in res.results] == pytest.approx(sigmoid(raw[best[:3]]).tolist(), abs=1e-6)
+    assert res.id and res.meta.api_version.version == "2"
+    v1 = cohere.Client(api_key="s3cret", base_url=secured)
+    res = v1.rerank(model="rerank-english-v3.0", query=QUERY, documents=DOCS, top_n=2, return_documents=True)
+    assert [(r.index, r.document.text) for r in res.results] == [(i, DOCS[i]) for i in best[:2]]
+    with pytest.raises(cohere.core.ApiError) as err:
+        cohere.ClientV2(api_key="wrong", base_url=secured).rerank(model="m", query=QUERY, documents=DOCS)
+    assert err.value.status_code == 401
+    with pytest.raises(cohere.core.ApiError) as err:
+        v2.rerank(model="m", query=QUERY, documents=[])
+    assert err.value.status_code == 422
+
+
+def test_python_client(secured, reference):
+    raw = direct(reference, QUERY, DOCS)
+    with RerankClient(secured, api_key="s3cret") as client:
+        assert client.ready()
+        results = client.rerank(QUERY, DOCS, top_n=2, return_documents=True, raw_scores=True)
+        assert [r.index for r in results] == list(np.argsort(-raw, kind="stable")[:2])
+        assert results[0].document == DOCS[results[0].index] and results[0].raw_score == pytest.approx(raw[results[0].index], abs=1e-5)
+        with pytest.raises(RerankAPIError, match="HTTP 422: documents") as err:
+            client.rerank(QUERY, [])
+        assert err.value.status == 422
+    with RerankClient(secured) as anonymous, pytest.raises(RerankAPIError) as err:
+        anonymous.rerank(QUERY, DOCS)
+    assert err.value.status == 401
+
+
+# --- settings and the command -------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RERANKER_MAX_DOCUMENTS", "7")
+    monkeypatch.setenv("RERANKER_CORS_ORIGINS", "http://a.example, http://b.example")
+    monkeypatch.setenv("RERANKER_LONG_DOCS", "window")
+    monkeypatch.setenv("RERANKER_API_KEY", "k")
+    s = ServerSettings()
+    assert (s.max_documents, s.cors_origins, s.long_docs, s.api_key.get_secret_value()) == (7, ["http://a.example", "http://b.example"], "window", "k")
+    assert ServerSettings(max_documents=3).max_documents == 3  # explicit values win
+    monkeypatch.setenv("RERANKER_LONG_DOCS", "chunk")
+    with pytest.raises(ValueError, match="long_docs"):
+        ServerSettings()
+
+
+def test_reranker_serve_command(ce_folder, tmp_path):
+    port = free_port()
+    env = {**os.environ, "RERANKER_MAX_CHARS": "70", "RERANKER_LOG_LEVEL": "warning"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(EXE), "serve", str(ce_folder), "--port", str(port), "--max-documents", "3", "--threads", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url, "/ready", 90, proc)
+        assert httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS[:3]}).status_code == 200
+        assert httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS[:4]}).status_code == 413  # the flag
+        r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": ["x" * 71]})
+        assert r.status_code == 413 and "at most 70" in r.json()["message"]  # the environment
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode in (0, -15), log.read_text()
+
+
+def test_reranker_serve_refuses_a_folder_without_a_model(tmp_path):
+    res = subprocess.run([str(EXE), "serve", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "not a model folder" in res.stderr
+    res = subprocess.run([str(EXE), "serve", str(tmp_path), "--long-docs", "chunk"], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "invalid server settings: long_docs" in res.stderr
