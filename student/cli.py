@@ -1,9 +1,11 @@
-"""`reranker distill CONFIG`: every option of :class:`student.train.DistillConfig` also as a flag."""
+"""`reranker distill CONFIG`: every option of :class:`student.train.DistillConfig` also as a flag;
+`reranker export MODEL_DIR OUT_DIR`: a student to a checked ONNX folder (:mod:`student.export`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -56,6 +58,33 @@ def distill(ctx: typer.Context):
                + (f"; best dev {json.dumps(best)} at step {summary['best_step']}" if best else ""))
 
 
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A student folder from `reranker distill` (student_config.json).")],
+    out_dir: Annotated[Path, typer.Argument(help="The ONNX folder to write (model.onnx, tokenizer, onnx_manifest.json).")],
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, int8, fp16 or all; repeatable or comma-separated. fp32 is always exported.")] = None,
+    optimize: Annotated[bool, typer.Option(help="Run ONNX Runtime's transformer optimiser (kept only if it passes parity).")] = True,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    parity_sample: Annotated[int, typer.Option(help="Pairs in the parity check against PyTorch.")] = 128,
+    parity_data: Annotated[str | None, typer.Option(help="Parity pairs: a JSONL of {query, document} or a data-set spec (default: the embedded demo corpus).")] = None,
+    triton: Annotated[Path | None, typer.Option(help="Also write a Triton Inference Server model repository here.")] = None,
+):
+    """Export a student to ONNX (optimised fp32, int8 for CPUs, fp16 for GPUs), checked against PyTorch."""
+    from .export import export_student, parse_precisions
+    from .parity import load_parity_sample
+
+    precisions = parse_precisions(precision or ["fp32", "int8"])
+    sample = load_parity_sample(parity_data, parity_sample)
+    manifest = export_student(model_dir, out_dir, precisions, optimize=optimize, opset=opset,
+                              parity=sample, triton_dir=triton)
+    for name, entry in manifest.models.items():
+        p = entry.parity
+        typer.echo(f"{name}: {out_dir / entry.file} ({entry.bytes / 1e6:.1f} MB{', optimised' if entry.optimized else ''}); "
+                   f"parity on {p.pairs} pairs: max |diff| {p.max_abs_diff:.2e}, top-10 agreement {p.top10_agreement:.3f}")
+    if triton:
+        typer.echo(f"Triton model repository: {triton}")
+
+
 def register(app: typer.Typer) -> None:
     distill.__doc__ = (distill.__doc__ or "") + "\n\n" + _option_help()
     app.command("distill", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(distill)
+    app.command("export")(export)

@@ -10,6 +10,10 @@ at whitespace before anything else, the joined ids equal those of the whole rend
 whenever nothing had to be cut.
 
 Cross-encoders use the tokenizer's own pair encoding with ``truncation="only_second"``.
+
+The arrays come back as torch tensors (``return_tensors="pt"``, training and export) or NumPy
+arrays (``"np"``, the ONNX Runtime scorer); torch is imported only for ``"pt"``, so the
+serving path runs without it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from reranker.errors import RerankerError
 from teacher.prompts import PromptTemplate, parse_template
@@ -87,10 +91,15 @@ def _parse(path: str, mtime_ns: int) -> StudentTemplate:  # mtime: an edited fil
     return StudentTemplate(prompt, *literals[:3])
 
 
-def encode_pairs(tokenizer: Any, config: StudentConfig, queries: Sequence[str], documents: Sequence[str]) -> dict[str, torch.Tensor]:
+def encode_pairs(tokenizer: Any, config: StudentConfig, queries: Sequence[str], documents: Sequence[str],
+                 return_tensors: str = "pt") -> dict[str, Any]:
     """Model inputs for ``zip(queries, documents)``: ``input_ids`` and ``attention_mask`` (and ``token_type_ids``
     where a cross-encoder's tokenizer makes them), right-padded to the longest row, at most ``config.max_length``.
+
+    int64 arrays: torch tensors with ``return_tensors="pt"``, NumPy arrays with ``"np"``.
     """
+    if return_tensors not in ("pt", "np"):
+        raise RerankerError(f"encode_pairs: return_tensors must be 'pt' or 'np', got {return_tensors!r}")
     queries, documents = list(queries), list(documents)
     if len(queries) != len(documents):
         raise RerankerError(f"encode_pairs: {len(queries)} queries but {len(documents)} documents")
@@ -99,8 +108,14 @@ def encode_pairs(tokenizer: Any, config: StudentConfig, queries: Sequence[str], 
     if not getattr(tokenizer, "is_fast", True):
         raise RerankerError(f"encode_pairs needs a fast (tokenizers-backed) tokenizer, got {type(tokenizer).__name__}")
     if config.kind == "cross-encoder":
-        return _encode_cross(tokenizer, config, queries, documents)
-    return _encode_template(tokenizer, config, queries, documents)
+        arrays = _encode_cross(tokenizer, config, queries, documents)
+    else:
+        arrays = _encode_template(tokenizer, config, queries, documents)
+    if return_tensors == "np":
+        return arrays
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 def _special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -113,7 +128,7 @@ def _special_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise RerankerError(f"encode_pairs: cannot tell the special tokens of {type(tokenizer).__name__}")
 
 
-def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, np.ndarray]:
     template = load_template(config.template)
     if tokenizer.pad_token_id is None:
         raise RerankerError("encode_pairs: the tokenizer has no pad token")
@@ -134,10 +149,10 @@ def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], 
         budget = config.max_length - fixed - len(q)
         rows.append(head + prefix + q + middle + d[:budget] + suffix + tail)
     width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids = np.full((len(rows), width), tokenizer.pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        input_ids[i, : len(row)] = row
         attention_mask[i, : len(row)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
@@ -151,9 +166,9 @@ def truncate_queries(tokenizer: Any, queries: list[str], max_tokens: int) -> lis
     return out
 
 
-def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, torch.Tensor]:
+def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, np.ndarray]:
     queries = truncate_queries(tokenizer, queries, config.query_max_length)
     enc = tokenizer(
-        queries, documents, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="pt"
+        queries, documents, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="np"
     )
-    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

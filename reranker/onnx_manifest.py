@@ -1,0 +1,127 @@
+"""The manifest of an exported ONNX folder (``onnx_manifest.json``): what the graph expects and how it was checked.
+
+An export folder is self-describing: the ONNX graph(s), the tokenizer files, the student's
+``student_config.json`` and template, and this manifest, which records the formatting (kind,
+template, length limits, answer token ids), the graph's inputs and opset, one entry per
+precision (file, SHA-256, size, whether the transformer optimiser ran, and the parity figures
+against PyTorch with the tolerances they were held to) and the versions that made it.
+
+This module imports neither torch nor onnxruntime: the exporter writes it, the scorer reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import RerankerError
+from .scoring import ONNX_MANIFEST
+
+FORMAT_VERSION = 1
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "fp16")
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+
+
+class Tolerance(BaseModel):
+    """What an export must meet against PyTorch fp32 on the parity sample (``None``: not bounded)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_abs_diff: float | None = Field(None, description="largest |ONNX score - PyTorch score| allowed")
+    min_top10_agreement: float = Field(description="smallest mean overlap of each query's top 10 (0..1) allowed")
+
+
+#: fp32 must match PyTorch to rounding; fp16 closely; int8 is held to ranking agreement only
+#: (dynamic int8 quantisation moves raw scores by a few hundredths but should keep the order).
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs_diff=1e-3, min_top10_agreement=0.95),
+    "fp16": Tolerance(max_abs_diff=0.05, min_top10_agreement=0.9),
+    "int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.8),
+}
+
+
+class Parity(BaseModel):
+    """ONNX Runtime (CPU) against the PyTorch student in fp32 on a sample of real pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: int
+    queries: int
+    sample: str = Field(description="where the pairs came from")
+    max_abs_diff: float
+    mean_abs_diff: float
+    top10_agreement: float = Field(description="mean over queries of |top10(onnx) & top10(torch)| / min(10, candidates)")
+    tolerance: Tolerance
+    passed: bool
+
+
+class ModelFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    precision: Precision
+    sha256: str
+    bytes: int
+    optimized: bool = Field(description="the ONNX Runtime transformer optimiser's graph (fused ops)")
+    notes: list[str] = Field(default_factory=list)
+    parity: Parity | None = Field(None, description="always filled by `reranker export`")
+
+
+class TokenizerInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vocab_size: int = Field(description="len(tokenizer), added tokens included")
+    pad_token_id: int | None
+    embedding_rows: int = Field(description="rows of the model's input embedding: token ids must stay below it")
+
+
+class OnnxManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
+    kind: Literal["t5", "cross-encoder"]
+    inputs: list[str] = Field(description="graph inputs, int64 [batch, sequence]")
+    output: str = "score"
+    opset: int
+    template: str | None = Field(description="T5: the template file in this folder")
+    max_length: int
+    query_max_length: int
+    true_token_id: int | None = None
+    false_token_id: int | None = None
+    score: str = Field(description="what the score means (from the student config)")
+    tokenizer: TokenizerInfo
+    models: dict[str, ModelFile]
+    source: str = Field(description="the student folder exported")
+    created: str
+    versions: dict[str, str]
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / ONNX_MANIFEST
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> OnnxManifest:
+        path = Path(folder) / ONNX_MANIFEST
+        if not path.is_file():
+            raise RerankerError(f"{path}: missing; an ONNX folder from `reranker export` holds {ONNX_MANIFEST}")
+        try:
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RerankerError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise RerankerError(f"{path}: format_version {data.get('format_version')} is not {FORMAT_VERSION}; re-export the model")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise RerankerError(f"{path}: invalid manifest at {where!r}: {first['msg']} ({exc.error_count()} problem(s))") from None
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,248 @@
+"""The ONNX Runtime scorer: an exported folder (``reranker export``) as a :class:`~reranker.scoring.Scorer`.
+
+Pairs are formatted and truncated by :func:`student.formatting.encode_pairs`, the function
+training and export use, with NumPy outputs; this module never imports torch, so a serving
+machine needs only ``onnxruntime`` (or ``onnxruntime-gpu``) and ``transformers``/``tokenizers``.
+
+Execution providers, in order: TensorRT (only when asked for and installed), CUDA (when
+``onnxruntime-gpu`` sees a GPU), CPU. On CUDA, inputs and the output are bound with IO binding.
+Batches are formed from pairs sorted by length (less padding); thread counts are options.
+
+The folder is checked on load: the model file's SHA-256 against the manifest (a corrupt or
+replaced file is named), the session's inputs against the manifest, and the tokenizer against
+the manifest (vocabulary size, pad id, answer tokens): a mismatch is a :class:`RerankerError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MissingDependencyError, RerankerError
+from .onnx_manifest import OnnxManifest, sha256
+from .scoring import ONNX_MANIFEST, STUDENT_CONFIG
+
+__all__ = ["ONNX_MANIFEST", "OnnxScorer", "load_onnx", "resolve_providers"]
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependencyError("the ONNX scorer", "cpu", exc) from exc  # or the 'gpu' extra
+    return onnxruntime
+
+
+def resolve_providers(providers: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to use, best first.
+
+    ``None``: CUDA when available, then CPU (TensorRT only when named: its engines take minutes
+    to build). Names may be short (``"cuda"``, ``"cpu"``, ``"tensorrt"``); one that this
+    onnxruntime build lacks is an error listing what it has.
+    """
+    available = _ort().get_available_providers()
+    if providers is None:
+        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    else:
+        wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise RerankerError(
+                f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+                f"(available: {', '.join(available)}); CUDA needs the 'gpu' extra (onnxruntime-gpu) instead of 'cpu'"
+            )
+        wanted = sorted(dict.fromkeys(wanted), key=lambda p: PROVIDER_ORDER.index(p) if p in PROVIDER_ORDER else len(PROVIDER_ORDER))
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")  # the fallback for any node the others cannot run
+    return wanted
+
+
+class OnnxScorer:
+    """Scores ``(query, document)`` pairs with an exported ONNX graph (see :func:`load_onnx`).
+
+    Attributes: ``kind`` (``"t5"`` / ``"cross-encoder"``), ``folder``, ``manifest``
+    (:class:`~reranker.onnx_manifest.OnnxManifest`), ``precision``, ``providers`` (the session's,
+    best first), ``config`` (the student config used for formatting), ``tokenizer``, ``session``.
+    """
+
+    def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
+                 inter_op_threads: int | None = None, precision: str | None = None):
+        from student.config import StudentConfig
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise RerankerError(f"{self.folder}: no such ONNX model folder")
+        self.manifest = manifest = OnnxManifest.load(self.folder)
+        self.kind = manifest.kind
+        wanted = resolve_providers(providers)
+        self.precision = precision or self._default_precision(wanted)
+        if self.precision not in manifest.models:
+            raise RerankerError(f"{self.folder}: no {self.precision} model exported (have: {', '.join(manifest.models)}); "
+                                "re-export with --precision " + self.precision)
+        entry = manifest.models[self.precision]
+        path = self.folder / entry.file
+        if not path.is_file():
+            raise RerankerError(f"{path}: missing; the manifest lists it as the {self.precision} model")
+        if entry.parity is not None and not entry.parity.passed:
+            log.warning("%s: the %s model failed its parity check (see %s)", self.folder, self.precision, ONNX_MANIFEST)
+        digest = sha256(path)
+        if digest != entry.sha256:
+            raise RerankerError(f"{path}: checksum mismatch (sha256 {digest[:12]}…, manifest {entry.sha256[:12]}…): "
+                                "the file is corrupt or was replaced; export the model again")
+        self.config = StudentConfig.load(self.folder / STUDENT_CONFIG)
+        if self.kind == "t5" and self.config.template != manifest.template:
+            raise RerankerError(f"{self.folder / STUDENT_CONFIG}: template {self.config.template!r} but {ONNX_MANIFEST} says "
+                                f"{manifest.template!r}; the files do not belong to the same export")
+        if self.kind == "t5" and not (self.folder / self.config.template).is_file():
+            raise RerankerError(f"{self.folder / self.config.template}: missing; the export's template file")
+        if self.config.template and (self.folder / self.config.template).is_file():
+            self.config = dataclasses.replace(self.config, template=str((self.folder / self.config.template).resolve()))
+        self._check_config()
+        self.tokenizer = self._load_tokenizer()
+        self.session = self._session(path, wanted, intra_op_threads, inter_op_threads)
+        self.providers = list(self.session.get_providers())
+        names = [i.name for i in self.session.get_inputs()]
+        if names != manifest.inputs:
+            raise RerankerError(f"{path}: the graph's inputs {names} are not the manifest's {manifest.inputs}")
+        self._io_binding = "CUDAExecutionProvider" in self.providers[:1] or (
+            self.providers[:1] == ["TensorrtExecutionProvider"] and "CUDAExecutionProvider" in self.providers)
+        log.info("ONNX %s scorer (%s) from %s on %s", self.kind, self.precision, self.folder, ", ".join(self.providers))
+
+    # --- loading ------------------------------------------------------------------------
+
+    def _default_precision(self, providers: list[str]) -> str:
+        """GPU: fp16 when exported, else fp32; CPU: int8 when exported, else fp32."""
+        models = self.manifest.models
+        gpu = providers[0] != "CPUExecutionProvider"
+        preferred = "fp16" if gpu else "int8"
+        return preferred if preferred in models else "fp32" if "fp32" in models else next(iter(models))
+
+    def _check_config(self) -> None:
+        m, c, where = self.manifest, self.config, self.folder / STUDENT_CONFIG
+        for key in ("kind", "max_length", "query_max_length", "true_token_id", "false_token_id"):
+            if getattr(c, key) != getattr(m, key):
+                raise RerankerError(f"{where}: {key} is {getattr(c, key)!r} but {ONNX_MANIFEST} says {getattr(m, key)!r}; "
+                                    "the files do not belong to the same export")
+
+    def _load_tokenizer(self) -> Any:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as exc:
+            raise MissingDependencyError("the ONNX scorer's tokenizer", "cpu", exc) from exc
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        except (OSError, ValueError) as exc:
+            raise RerankerError(f"{self.folder}: could not load the tokenizer ({exc})") from None
+        info = self.manifest.tokenizer
+        problems = []
+        if len(tokenizer) != info.vocab_size:
+            problems.append(f"vocabulary size {len(tokenizer)} (manifest: {info.vocab_size})")
+        if tokenizer.pad_token_id != info.pad_token_id:
+            problems.append(f"pad id {tokenizer.pad_token_id} (manifest: {info.pad_token_id})")
+        if len(tokenizer) > info.embedding_rows:
+            problems.append(f"{len(tokenizer)} tokens for a model with {info.embedding_rows} embeddings")
+        if problems:
+            raise RerankerError(f"{self.folder}: the tokenizer does not match {ONNX_MANIFEST}: {'; '.join(problems)}; "
+                                "it belongs to another model (copy the exported tokenizer files back or export again)")
+        if self.kind == "t5":
+            self.config.resolve_tokens(tokenizer)  # answer ids stored in the config must be the tokenizer's
+        return tokenizer
+
+    @staticmethod
+    def _session(path: Path, providers: list[str], intra: int | None, inter: int | None):
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra is not None:
+            options.intra_op_num_threads = intra
+        if inter is not None:
+            options.inter_op_num_threads = inter
+            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if inter > 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 (onnxruntime raises its own types: InvalidProtobuf, Fail, ...)
+            raise RerankerError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:300]}); "
+                                "the file is corrupt or not an export of this project") from None
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def encode(self, queries: Sequence[str], documents: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph's inputs: :func:`student.formatting.encode_pairs` with NumPy arrays."""
+        from student.formatting import encode_pairs
+
+        arrays = encode_pairs(self.tokenizer, self.config, queries, documents, return_tensors="np")
+        missing = [n for n in self.manifest.inputs if n not in arrays]
+        if missing:
+            raise RerankerError(f"{self.folder}: the tokenizer does not produce the graph input(s) {missing}")
+        return {n: arrays[n] for n in self.manifest.inputs}
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if not self._io_binding:
+            return self.session.run([self.manifest.output], inputs)[0]
+        ort = _ort()
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0))
+        binding.bind_output(self.manifest.output, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+        """float32 scores in input order; batches of pairs sorted by length, longest first."""
+        pairs = list(pairs)
+        if batch_size < 1:
+            raise RerankerError(f"batch_size must be at least 1, got {batch_size}")
+        scores = np.empty(len(pairs), dtype=np.float32)
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out = self._run(self.encode([pairs[i][0] for i in idx], [pairs[i][1] for i in idx]))
+            scores[idx] = np.asarray(out, dtype=np.float32).reshape(-1)
+        return scores
+
+    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
+        """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
+        scores = self.score([(query, d) for d in documents], batch_size)
+        ranked = sorted(enumerate(scores.tolist()), key=lambda p: (-p[1], p[0]))
+        return ranked[:top_n] if top_n is not None else ranked
+
+    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes after formatting and truncation."""
+        pairs = list(pairs)
+        out: list[int] = []
+        for start in range(0, len(pairs), 256):
+            chunk = pairs[start : start + 256]
+            out.extend(self.encode([q for q, _ in chunk], [d for _, d in chunk])["attention_mask"].sum(axis=1).tolist())
+        return out
+
+    def __repr__(self) -> str:
+        return f"OnnxScorer({str(self.folder)!r}, kind={self.kind!r}, precision={self.precision!r}, providers={self.providers})"
+
+
+def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
+              inter_op_threads: int | None = None, precision: str | None = None, **unused: Any) -> OnnxScorer:
+    """The scorer of an exported folder.
+
+    ``providers``: execution providers (default CUDA if available, then CPU; ``["tensorrt", "cuda"]``
+    for TensorRT); ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime's thread pools
+    (default: ONNX Runtime's own choice; ``RERANKER_ORT_THREADS`` sets the intra-op count);
+    ``precision``: ``"fp32"``, ``"int8"`` or ``"fp16"`` (default: fp16 on GPU and int8 on CPU when
+    exported, else fp32).
+    """
+    if unused:
+        raise RerankerError(f"load_onnx: unknown option(s) {', '.join(sorted(unused))} "
+                            "(it takes providers, intra_op_threads, inter_op_threads, precision)")
+    if intra_op_threads is None and os.environ.get("RERANKER_ORT_THREADS"):
+        intra_op_threads = int(os.environ["RERANKER_ORT_THREADS"])
+    return OnnxScorer(folder, providers, intra_op_threads, inter_op_threads, precision)

@@ -1,0 +1,281 @@
+"""`reranker export`: a trained student to a self-describing ONNX folder, checked against PyTorch.
+
+1. **Export**: the student's own ``forward`` (T5: encoder + one decoder step,
+   logit(true) - logit(false); cross-encoder: the head's logit), traced by the legacy exporter
+   (``torch.onnx.export(..., dynamo=False)``), opset 17, dynamic batch and sequence axes, one
+   graph from token ids to an fp32 score. Attention runs in its eager implementation for export.
+2. **Optimise**: ONNX Runtime's transformer optimiser (``model_type`` bert or t5); if it fails or
+   its graph misses the parity tolerance, the plain graph is kept and the manifest says why.
+3. **int8**: dynamic quantisation (``quantize_dynamic``, int8 weights) for CPUs.
+4. **fp16** (cross-encoders; T5 overflows in fp16): weights and activations in fp16 for GPUs;
+   inputs, output and the classification head stay fp32, so the score is computed in fp32.
+5. **Parity**: every precision is scored by the ONNX Runtime scorer (:mod:`reranker.onnx_runtime`,
+   CPU) on a sample of real pairs and compared with the PyTorch student; beyond the tolerance
+   written in the manifest the export fails with the figures and leaves nothing behind.
+
+The folder is written next to ``out_dir`` and moved into place only when every check passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from reranker.errors import MissingDependencyError, RerankerError
+from reranker.onnx_manifest import (
+    DEFAULT_TOLERANCES,
+    MODEL_FILES,
+    PRECISIONS,
+    ModelFile,
+    OnnxManifest,
+    TokenizerInfo,
+    Tolerance,
+    sha256,
+)
+from reranker.scoring import ONNX_MANIFEST
+
+from .formatting import template_path
+from .parity import ParitySample, compare, load_parity_sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+def parse_precisions(values: Sequence[str]) -> list[str]:
+    """``["fp32", "int8"]``, ``["all"]``, ``["fp32,int8"]`` -> precisions in a fixed order (fp32 always first)."""
+    names = {p.strip().lower() for v in values for p in v.split(",") if p.strip()}
+    if "all" in names:
+        names = set(PRECISIONS)
+    unknown = sorted(names - set(PRECISIONS))
+    if unknown:
+        raise RerankerError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)} or all")
+    return [p for p in PRECISIONS if p in names or p == "fp32"]
+
+
+def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Sequence[str] = ("fp32", "int8"), *,
+                   optimize: bool = True, opset: int = DEFAULT_OPSET, parity: ParitySample | None = None,
+                   parity_sample: int = 128, tolerances: dict[str, Tolerance] | None = None,
+                   triton_dir: str | Path | None = None) -> OnnxManifest:
+    """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there."""
+    from .models import load_student
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("reranker export", "cpu", exc) from exc
+    precisions = parse_precisions(precisions)
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / ONNX_MANIFEST).is_file():
+        raise RerankerError(f"{out_dir}: exists and is not an earlier export; choose an empty or new folder")
+    student = load_student(model_dir).eval()
+    if "fp16" in precisions and student.kind == "t5":
+        raise RerankerError("T5 students are not exported in fp16: T5's activations overflow float16 (inf/NaN scores); "
+                            "use fp32 (or int8 on CPU)")
+    sample = parity or load_parity_sample(None, parity_sample)
+    log.info("parity sample: %d pairs, %d queries (%s)", len(sample.pairs), sample.num_queries, sample.source)
+    reference = student.score(sample.pairs)
+
+    work = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        inputs, template = _save_folder(student, work)
+        raw = work / "raw.onnx"
+        _torch_export(student, raw, inputs, opset)
+        models: dict[str, ModelFile] = {}
+        draft = _manifest(student, inputs, template, opset, models, model_dir)
+
+        def check(precision: str, path: Path, optimized: bool, notes: list[str]) -> ModelFile:
+            final = work / MODEL_FILES[precision]
+            if path != final:
+                shutil.move(path, final)
+            entry = ModelFile(file=final.name, precision=precision, sha256=sha256(final), bytes=final.stat().st_size,
+                              optimized=optimized, notes=notes)
+            draft.models[precision] = entry
+            draft.save(work)
+            from reranker.onnx_runtime import load_onnx
+
+            scores = load_onnx(work, providers=["cpu"], precision=precision).score(sample.pairs)
+            entry.parity = compare(reference, scores, sample, tolerances[precision])
+            p = entry.parity
+            log.info("%s parity: max |diff| %.2e, mean %.2e, top-10 agreement %.3f (%s)", precision, p.max_abs_diff,
+                     p.mean_abs_diff, p.top10_agreement, "passed" if p.passed else "FAILED")
+            return entry
+
+        fp32 = None
+        if optimize:
+            try:
+                optimized = _optimize(student, raw, work / "optimized.onnx")
+                fp32 = check("fp32", optimized, True, [f"ONNX Runtime transformer optimiser, model_type {_optimizer_type(student)}"])
+                if not fp32.parity.passed:
+                    note = f"optimised graph missed the fp32 tolerance (max |diff| {fp32.parity.max_abs_diff:.2e}); plain graph kept"
+                    log.warning(note)
+                    fp32 = None
+            except Exception as exc:  # noqa: BLE001 (the optimiser raises anything from its pattern matchers)
+                note = f"optimiser failed ({type(exc).__name__}: {str(exc)[:200]}); plain graph kept"
+                log.warning(note)
+            if fp32 is None:
+                fp32 = check("fp32", _copy(raw, work / "plain.onnx"), False, [note])
+        else:
+            fp32 = check("fp32", _copy(raw, work / "plain.onnx"), False, ["optimiser not run (--no-optimize)"])
+        raw.unlink()
+        _fail_unless(fp32, "fp32")
+        models["fp32"] = fp32
+        base = work / fp32.file
+        if "int8" in precisions:
+            models["int8"] = _fail_unless(check("int8", _quantize(base, work / "int8.tmp.onnx"), fp32.optimized,
+                                                ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]), "int8")
+        if "fp16" in precisions:
+            models["fp16"] = _fail_unless(check("fp16", _to_fp16(base, work / "fp16.tmp.onnx"), fp32.optimized,
+                                                ["fp16 weights and activations (GPU); inputs, head and score in fp32"]), "fp16")
+        draft.models = models
+        draft.save(work)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if triton_dir is not None:
+        from .triton import write_triton_repository
+
+        write_triton_repository(out_dir, triton_dir)
+    log.info("exported %s student %s to %s (%s)", student.kind, model_dir, out_dir, ", ".join(models))
+    return draft
+
+
+def _fail_unless(entry: ModelFile, precision: str) -> ModelFile:
+    p = entry.parity
+    if not p.passed:
+        bound = "unbounded" if p.tolerance.max_abs_diff is None else f"<= {p.tolerance.max_abs_diff:g}"
+        raise RerankerError(
+            f"ONNX export failed the {precision} parity check on {p.pairs} pairs ({p.queries} queries, {p.sample}): "
+            f"max |score diff| {p.max_abs_diff:.3g} (tolerance {bound}), top-10 agreement {p.top10_agreement:.3f} "
+            f"(tolerance >= {p.tolerance.min_top10_agreement:g}); nothing was written"
+        )
+    return entry
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _save_folder(student: Any, folder: Path) -> tuple[list[str], str | None]:
+    """Tokenizer, student config and template into ``folder``; returns the graph's input names and the template file."""
+    student.tokenizer.save_pretrained(folder)
+    config = student.config
+    if student.kind == "t5":
+        path = template_path(config.template)
+        shutil.copyfile(path, folder / path.name)
+        config = dataclasses.replace(config, template=path.name)
+    config.save(folder)
+    names = list(student.encode(["a query"], ["a document"]))
+    template = config.template if student.kind == "t5" else None
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names], template  # forward()'s order
+
+
+def _torch_export(student: Any, path: Path, inputs: list[str], opset: int) -> None:
+    import torch
+
+    if hasattr(student.model, "set_attn_implementation"):
+        try:
+            student.model.set_attn_implementation("eager")
+        except (ValueError, ImportError) as exc:
+            log.debug("eager attention not set: %s", exc)
+    example = student.encode(["what does the example query ask", "short"],
+                             ["an example document that is a little longer than the other one", "doc"])
+    axes = {n: {0: "batch", 1: "sequence"} for n in inputs}
+    start = time.perf_counter()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values in shape arithmetic
+        torch.onnx.export(student, tuple(example[n] for n in inputs), str(path), input_names=inputs, output_names=["score"],
+                          dynamic_axes={**axes, "score": {0: "batch"}}, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
+    log.info("exported the %s graph (opset %d) in %.1f s", student.kind, opset, time.perf_counter() - start)
+
+
+def _optimizer_type(student: Any) -> str:
+    if student.kind == "t5":
+        return "t5"
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    model_type = getattr(student.model.config, "model_type", "bert")
+    return model_type if model_type in MODEL_TYPES else "bert"
+
+
+def _optimize(student: Any, src: Path, dst: Path) -> Path:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = student.model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", 0)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = optimize_model(str(src), model_type=_optimizer_type(student), num_heads=heads, hidden_size=hidden, use_gpu=False)
+    log.info("optimiser fusions: %s", {k: v for k, v in model.get_fused_operator_statistics().items() if v})
+    model.save_model_to_file(str(dst))
+    return dst
+
+
+def _quantize(src: Path, dst: Path) -> Path:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" advice printed on every call
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return dst
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    # symbolic shape inference types every tensor, so Casts are put in front of the fp32 head
+    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, node_block_list=_head_nodes(model.model))
+    model.save_model_to_file(str(dst))
+    return dst
+
+
+def _head_nodes(model: Any) -> list[str]:
+    """Names of the nodes from the graph's output back to the last MatMul/Gemm (the classifier), which stay fp32."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {i.name for i in model.graph.initializer}
+    keep, frontier = [], [o.name for o in model.graph.output]
+    while frontier:
+        node = producers.get(frontier.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.append(node.name)
+        if node.op_type not in ("MatMul", "Gemm"):
+            frontier += [i for i in node.input if i and i not in initializers]
+    return keep
+
+
+def _manifest(student: Any, inputs: list[str], template: str | None, opset: int, models: dict, source: str | Path) -> OnnxManifest:
+    cfg, tok = student.config, student.tokenizer
+    versions = {}
+    for package in ("torch", "transformers", "onnx", "onnxruntime", "enterprise-reranker"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return OnnxManifest(
+        kind=student.kind, inputs=inputs, opset=opset, template=template,
+        max_length=cfg.max_length, query_max_length=cfg.query_max_length, true_token_id=cfg.true_token_id,
+        false_token_id=cfg.false_token_id, score=cfg.score,
+        tokenizer=TokenizerInfo(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                embedding_rows=student.model.get_input_embeddings().num_embeddings),
+        models=models, source=str(source), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), versions=versions,
+    )

@@ -1,0 +1,136 @@
+"""Parity of an exported model against the PyTorch student: a sample of real pairs and the figures.
+
+The sample is grouped by query (each query with its BM25 candidates), so agreement is measured
+as a re-ranker is used: the max and mean |score difference| over all pairs, and the mean overlap
+of each query's top 10 under both models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reranker.errors import DataFormatError, RerankerError
+from reranker.onnx_manifest import Parity, Tolerance
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_PER_QUERY = 16
+
+
+@dataclass
+class ParitySample:
+    """``pairs`` and, for each, the index of its query group; ``source`` says where they came from."""
+
+    pairs: list[tuple[str, str]]
+    groups: list[int]
+    source: str
+
+    @property
+    def num_queries(self) -> int:
+        return len(set(self.groups))
+
+
+def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: int = 0) -> ParitySample:
+    """About ``size`` real pairs: queries sampled from a data set, each with its bm25s top 16.
+
+    ``spec``: ``None`` (the embedded demo corpus), a JSONL file of pairs (``{"query", "document"}``
+    per line, optional ``"qid"`` to group them; default: the query text), or any data-set spec.
+    """
+    if size < 1:
+        raise RerankerError(f"the parity sample needs at least 1 pair, got {size}")
+    if spec is not None and _is_pairs_file(Path(spec)):
+        return _pairs_file(Path(spec), size)
+    from reranker.io.dataset import load_dataset
+    from reranker.io.documents import ChunkConfig
+    from reranker.retrieval import build_index
+
+    if spec is None:
+        from reranker.demo import demo_data
+
+        root = demo_data()
+        ds = load_dataset(root / "docs", queries=root / "queries.jsonl", chunking=ChunkConfig(words=120, overlap=30))
+        source = "embedded demo corpus (Northwind Analytics), bm25s top 16"
+    else:
+        ds = load_dataset(str(spec))
+        source = f"{spec}, bm25s top 16"
+    queries = ds.require_queries()
+    qids = sorted(queries)
+    random.Random(seed).shuffle(qids)
+    qids = qids[: max(1, -(-size // CANDIDATES_PER_QUERY))]
+    run = build_index(ds.corpus, "bm25s").search({q: queries[q].text for q in qids}, k=CANDIDATES_PER_QUERY)
+    pairs, groups = [], []
+    for g, qid in enumerate(qids):
+        for hit in run.ranking(qid) if qid in run else []:
+            pairs.append((queries[qid].text, ds.corpus[hit.doc_id].contents))
+            groups.append(g)
+    if not pairs:
+        raise RerankerError(f"parity sample: BM25 found no candidates for the sampled queries of {spec or 'the demo corpus'}")
+    return ParitySample(pairs[:size], groups[:size], source)
+
+
+def _is_pairs_file(path: Path) -> bool:
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "query" in row and "document" in row
+
+
+def _pairs_file(path: Path, size: int) -> ParitySample:
+    pairs, keys = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["query"]), str(row["document"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataFormatError(path, n, f"expected a JSON object with 'query' and 'document' ({exc})") from None
+            keys.append(str(row.get("qid", row["query"])))
+            if len(pairs) >= size:
+                break
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return ParitySample(pairs, [ids[k] for k in keys], f"{path} (first {len(pairs)} pairs)")
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, sample: ParitySample, tolerance: Tolerance) -> Parity:
+    """Figures of ``candidate`` scores against ``reference`` ones, and whether they are within ``tolerance``."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if not np.isfinite(candidate).all():
+        diff = float("inf")
+        mean = float("inf")
+    else:
+        diff = float(np.max(np.abs(reference - candidate)))
+        mean = float(np.mean(np.abs(reference - candidate)))
+    agreement = top_k_agreement(reference, candidate, sample.groups, 10)
+    ok = (tolerance.max_abs_diff is None or diff <= tolerance.max_abs_diff) and agreement >= tolerance.min_top10_agreement
+    ok = ok and np.isfinite(candidate).all()
+    return Parity(pairs=len(sample.pairs), queries=sample.num_queries, sample=sample.source, max_abs_diff=diff,
+                  mean_abs_diff=mean, top10_agreement=agreement, tolerance=tolerance, passed=bool(ok))
+
+
+def top_k_agreement(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int], k: int = 10) -> float:
+    """Mean over groups of ``|top-k(reference) & top-k(candidate)| / min(k, group size)`` (ties by position)."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    overlaps = []
+    for idx in by_group.values():
+        n = min(k, len(idx))
+        top_ref = {idx[j] for j in np.argsort(-reference[idx], kind="stable")[:n]}
+        top_cand = {idx[j] for j in np.argsort(-candidate[idx], kind="stable")[:n]}
+        overlaps.append(len(top_ref & top_cand) / n)
+    return float(np.mean(overlaps))
