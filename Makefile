@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dense,pyserini,llm,ray,gguf,openai,serve,dev
+EXTRAS ?= dense,pyserini,llm,ray,gguf,openai,serve,cpu,dev
 
 .PHONY: install demo test benchmarks clean
 
