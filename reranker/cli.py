@@ -173,10 +173,11 @@ def evaluate(
 
 @app.command()
 def rerank(
-    dataset: DatasetArg,
-    model: Annotated[Path, typer.Option(help="A model folder: a student (`reranker distill`) or an ONNX export (`reranker export`).")],
-    run: Annotated[Path, typer.Option(help="First-stage TREC run to re-rank.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="TREC run to write.")],
+    dataset: Annotated[str | None, typer.Argument(help="Data set (any spec the other commands take); or --dataset.")] = None,
+    dataset_opt: Annotated[str | None, typer.Option("--dataset", help="The data set, as an option (the same as the argument).")] = None,
+    model: Annotated[Path, typer.Option(help="A model folder: a student (`reranker distill`) or an ONNX export (`reranker export`).")] = ...,
+    run: Annotated[Path, typer.Option(help="First-stage TREC run to re-rank.")] = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="TREC run to write.")] = ...,
     top_k: Annotated[int, typer.Option(help="Candidates per query to re-rank.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Pairs per model batch.")] = 32,
     backend: Annotated[str, typer.Option(help="auto (by the folder's files), torch or onnx.")] = "auto",
@@ -188,7 +189,9 @@ def rerank(
     from .rerank import rerank_run
     from .scoring import load_model
 
-    ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
+    if (dataset is None) == (dataset_opt is None):
+        raise RerankerError("name the data set once: reranker rerank DATASET ... or reranker rerank --dataset DATASET ...")
+    ds = _dataset(dataset or dataset_opt, split, queries, qrels, passage_words, passage_overlap)
     scorer = load_model(model, backend)
     start = time.perf_counter()
     result = rerank_run(scorer, ds.require_queries(), ds.corpus, read_run(run), top_k=top_k, batch_size=batch_size)

@@ -488,3 +488,28 @@ def test_reranker_serve_refuses_a_folder_without_a_model(tmp_path):
     assert res.returncode == 2 and "not a model folder" in res.stderr
     res = subprocess.run([str(EXE), "serve", str(tmp_path), "--long-docs", "chunk"], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2 and "invalid server settings: long_docs" in res.stderr
+
+
+def test_batch_rerank_command_takes_dataset_as_option_or_argument(ce_folder, reference, tiny_beir, tmp_path):
+    """`reranker rerank` (no HTTP) with the same model folder: --dataset and the positional spec give the same run."""
+    from reranker import load_dataset
+    from reranker.io.trec import read_run
+
+    run = tmp_path / "first.trec"
+    run.write_text("".join(f"q{q} Q0 d{d} {r} {10 - r} bm25\n" for q in (1, 2) for r, d in enumerate((1, 2, 3, 4), 1)))
+    outs = []
+    for args in (["--dataset", str(tiny_beir)], [str(tiny_beir)]):
+        out = tmp_path / f"out{len(outs)}.trec"
+        res = subprocess.run([str(EXE), "-q", "rerank", *args, "--model", str(ce_folder), "--run", str(run), "--top-k", "3",
+                              "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stderr
+        outs.append(read_run(out))
+    ds = load_dataset(str(tiny_beir))
+    for qid in ("q1", "q2"):
+        first, second = outs[0].ranking(qid), outs[1].ranking(qid)
+        assert [(h.doc_id, h.score) for h in first] == [(h.doc_id, h.score) for h in second] and len(first) == 3
+        want = direct(reference, ds.queries[qid].text, [ds.corpus.get(h.doc_id).contents for h in first])
+        assert [h.score for h in first] == pytest.approx(want.tolist(), abs=1e-4)  # TREC files keep 4+ decimals
+    res = subprocess.run([str(EXE), "rerank", str(tiny_beir), "--dataset", str(tiny_beir), "--model", str(ce_folder), "--run", str(run),
+                          "--out", str(tmp_path / "x.trec")], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2 and "name the data set once" in res.stderr
