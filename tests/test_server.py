@@ -513,3 +513,20 @@ def test_batch_rerank_command_takes_dataset_as_option_or_argument(ce_folder, ref
     res = subprocess.run([str(EXE), "rerank", str(tiny_beir), "--dataset", str(tiny_beir), "--model", str(ce_folder), "--run", str(run),
                           "--out", str(tmp_path / "x.trec")], capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 2 and "name the data set once" in res.stderr
+
+
+def test_an_onnx_export_is_served(ce_folder, reference, tmp_path):
+    """The folder `reranker export` writes serves like the student it came from."""
+    pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
+    from student.export import export_student
+    from student.parity import load_parity_sample
+
+    onnx_dir = tmp_path / "onnx"
+    export_student(ce_folder, onnx_dir, ["fp32"], optimize=False, parity=load_parity_sample(None, 8))
+    onnx = load_model(onnx_dir)
+    with running(create_app(str(onnx_dir), ServerSettings())) as url:
+        assert httpx.get(f"{url}/ready").json()["backend"] == "onnx"
+        out = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS, "return_raw_scores": True}).json()["results"]
+    got = np.array([x["raw_score"] for x in sorted(out, key=lambda x: x["index"])])
+    np.testing.assert_allclose(got, direct(onnx, QUERY, DOCS), atol=1e-5)
+    np.testing.assert_allclose(got, direct(reference, QUERY, DOCS), atol=1e-4)  # and the torch student's scores

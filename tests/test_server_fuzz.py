@@ -49,7 +49,7 @@ def test_fuzz_the_openapi_spec(tmp_path):
             [*command, "run", f"{url}/openapi.json", "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
              "--phases", "examples,coverage,fuzzing", "--generation-database", "none", "--workers", "1", "--no-color",
              "--request-timeout", "30", "--report", "junit", "--report-dir", str(tmp_path / "report")],
-            capture_output=True, text=True, timeout=400, check=False,
+            capture_output=True, text=True, timeout=400, check=False, cwd=tmp_path,
         )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
