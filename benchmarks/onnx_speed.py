@@ -1,0 +1,230 @@
+"""Speed, quality, size and memory of PyTorch vs ONNX Runtime (fp32, int8) students on SciFact BM25 top 100.
+
+For each student kind (the cross-encoder and the T5 student of ``distill_scifact.py``):
+
+1. ``reranker export`` (optimised fp32 + int8, parity-checked) into the work folder;
+2. BM25 (bm25s) top 100 for the SciFact test queries, ``--queries`` of them sampled (seed 0);
+3. each configuration re-scores the same pairs in a fresh subprocess (so its peak memory is its
+   own): PyTorch fp32 (``student.models``), ONNX fp32 and ONNX int8 (``reranker.onnx_runtime``),
+   and, on the cross-encoder's weights, sentence-transformers' own ``CrossEncoder`` with its
+   torch backend and its ONNX backend (which needs optimum; reported as unavailable without it);
+4. pairs/s (after a warm-up batch), nDCG@10 of the re-ranked top 100 on the sampled queries,
+   model size on disk and the worker's peak RSS.
+
+All configurations run one after the other in one invocation, so the ratios hold on one machine.
+Writes ``benchmarks/results/onnx_speed.{md,json}``.
+Usage: ``python benchmarks/onnx_speed.py [--queries 30] [--ce DIR] [--t5 DIR] [--work /tmp/onnx-speed]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import EXE, RESULTS, ROOT, environment, sh, timing_table
+
+BATCH = 32
+
+
+def worker(config: str, model: str, pairs_file: Path, out: Path, threads: int) -> None:
+    """One configuration in this process: load, warm up, score every pair; scores and figures to ``out``."""
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    pairs = [(r["query"], r["document"]) for r in rows]
+    start = time.perf_counter()
+    if config.startswith("st-"):
+        from sentence_transformers import CrossEncoder
+
+        cfg = json.loads((Path(model) / "student_config.json").read_text())
+        kwargs = {"backend": "onnx", "model_kwargs": {"file_name": "model.onnx"}} if config == "st-onnx" else {}
+        ce = CrossEncoder(model, max_length=cfg["max_length"], device="cpu", **kwargs)
+        score = lambda ps: ce.predict(ps, batch_size=BATCH, show_progress_bar=False)
+    elif config.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(threads)
+        from student.models import load_student
+
+        student = load_student(model)
+        score = lambda ps: student.score(ps, batch_size=BATCH)
+    else:
+        from reranker.onnx_runtime import load_onnx
+
+        scorer = load_onnx(model, precision=config.split("-")[1], providers=["cpu"], intra_op_threads=threads)
+        score = lambda ps: scorer.score(ps, batch_size=BATCH)
+    load_s = time.perf_counter() - start
+    score(pairs[:BATCH])  # warm-up: first-call allocations, lazy initialisation
+    start = time.perf_counter()
+    scores = [float(s) for s in score(pairs)]
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps({"scores": scores, "seconds": seconds, "load_s": load_s, "peak_rss_mb": peak_mb}))
+
+
+def run_worker(config: str, model: Path, pairs_file: Path, work: Path, threads: int) -> dict:
+    out = work / f"{config}.json"
+    cmd = [sys.executable, __file__, "--worker", config, "--model", str(model), "--pairs-file", str(pairs_file),
+           "--out", str(out), "--threads", str(threads)]
+    print(f"$ [{config}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1][:300] if res.stderr.strip() else f"exit {res.returncode}"}
+    return json.loads(out.read_text())
+
+
+def size_mb(*paths: Path) -> float:
+    return round(sum(p.stat().st_size for p in paths) / 1e6, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--ce", type=Path, default=Path("/tmp/distill-scifact/ce/model"), help="cross-encoder student folder")
+    ap.add_argument("--t5", type=Path, default=Path("/tmp/distill-scifact/t5/model"), help="T5 student folder")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/onnx-speed"))
+    ap.add_argument("--queries", type=int, default=30, help="test queries sampled (each with its BM25 top 100)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--worker"), ap.add_argument("--model"), ap.add_argument("--pairs-file", type=Path), ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.model, args.pairs_file, args.out, args.threads)
+
+    from reranker.evaluation import evaluate
+    from reranker.io.dataset import load_dataset
+    from reranker.io.trec import read_run
+    from reranker.onnx_manifest import OnnxManifest
+    from reranker.records import Qrels, Run
+
+    w = args.work
+    w.mkdir(parents=True, exist_ok=True)
+    scifact = str(args.shared / "datasets" / "beir" / "scifact.zip")
+    t: list[dict] = []
+    students = {"cross-encoder": args.ce, "t5": args.t5}
+    for kind, folder in students.items():
+        sh([EXE, "-q", "export", folder, w / kind, "--precision", "fp32,int8"], t, f"export the {kind} student (fp32 + int8, parity check)")
+    sh([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries")
+
+    ds = load_dataset(scifact, split="test")
+    qrels, queries, bm25 = ds.require_qrels(), ds.require_queries(), read_run(w / "bm25.trec")
+    qids = sorted(q for q in bm25 if q in qrels and q in queries)
+    random.Random(0).shuffle(qids)
+    qids = sorted(qids[: args.queries])
+    rows = [{"qid": q, "docid": h.doc_id, "query": queries[q].text, "document": ds.corpus[h.doc_id].contents}
+            for q in qids for h in bm25.ranking(q)[:100]]
+    pairs_file = w / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sub_qrels = Qrels({q: dict(qrels[q]) for q in qids}, name="qrels")
+    bm25_ndcg = evaluate(sub_qrels, bm25.restrict(qids), ["ndcg@10"])[bm25.name]["ndcg@10"]
+
+    configs = []  # (label, kind, worker config, model folder, files on disk)
+    for kind, folder in students.items():
+        manifest = OnnxManifest.load(w / kind)
+        configs += [
+            (f"{kind} · PyTorch fp32", kind, "torch-fp32", folder, [folder / "model.safetensors"]),
+            (f"{kind} · ONNX fp32", kind, "onnx-fp32", w / kind, [w / kind / manifest.models["fp32"].file]),
+            (f"{kind} · ONNX int8", kind, "onnx-int8", w / kind, [w / kind / manifest.models["int8"].file]),
+        ]
+    configs += [
+        ("cross-encoder · sentence-transformers CrossEncoder (torch)", "cross-encoder", "st-torch", args.ce, [args.ce / "model.safetensors"]),
+        ("cross-encoder · sentence-transformers CrossEncoder (ONNX backend)", "cross-encoder", "st-onnx", w / "st-onnx", [w / "st-onnx" / "onnx" / "model.onnx"]),
+    ]
+    # sentence-transformers' ONNX backend reads <folder>/onnx/model.onnx: our fp32 export of the same weights
+    st_dir = w / "st-onnx"
+    st_dir.mkdir(exist_ok=True)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "student_config.json"):
+        (st_dir / f).write_bytes((args.ce / f).read_bytes())
+    (st_dir / "onnx").mkdir(exist_ok=True)
+    (st_dir / "onnx" / "model.onnx").write_bytes((w / "cross-encoder" / "model.onnx").read_bytes())
+
+    results = []
+    start_all = time.perf_counter()
+    for label, kind, config, model, files in configs:
+        r = run_worker(config, model, pairs_file, w, args.threads)
+        entry = {"config": label, "kind": kind, "worker": config, "size_mb": size_mb(*files) if files else None}
+        if "error" in r:
+            entry["error"] = r["error"]
+        else:
+            run = Run(name=config)
+            for row, s in zip(rows, r["scores"]):
+                run.add(row["qid"], row["docid"], s)
+            entry.update(pairs_per_s=round(len(rows) / r["seconds"], 1), seconds=round(r["seconds"], 1),
+                         ndcg10=round(evaluate(sub_qrels, run, ["ndcg@10"])[config]["ndcg@10"], 4),
+                         peak_rss_mb=round(r["peak_rss_mb"]), load_s=round(r["load_s"], 1))
+        results.append(entry)
+        print(json.dumps(entry), file=sys.stderr, flush=True)
+    t.append({"step": f"score {len(rows)} pairs with each of {len(configs)} configurations", "command": "(workers above)",
+              "seconds": round(time.perf_counter() - start_all, 1)})
+    write_report(args, results, rows, qids, bm25_ndcg, t, w)
+
+
+def write_report(args, results: list[dict], rows: list[dict], qids: list[str], bm25_ndcg: float, t: list[dict], w: Path) -> None:
+    env = environment("torch", "transformers", "sentence-transformers", "onnxruntime", "onnx")
+    load = os.getloadavg()
+    by = {(r["kind"], r["worker"]): r for r in results}
+    targets = []
+    for kind in ("cross-encoder", "t5"):
+        base, int8 = by.get((kind, "torch-fp32"), {}), by.get((kind, "onnx-int8"), {})
+        fp32 = by.get((kind, "onnx-fp32"), {})
+        if "pairs_per_s" in base and "pairs_per_s" in int8:
+            speed = int8["pairs_per_s"] / base["pairs_per_s"]
+            dn = int8["ndcg10"] - base["ndcg10"]
+            ratio = int8["size_mb"] / fp32["size_mb"]
+            targets.append({"kind": kind, "int8_speedup": round(speed, 2), "speed_met": speed >= 2, "ndcg_delta": round(dn, 4),
+                            "ndcg_met": abs(dn) <= 0.005, "size_ratio": round(ratio, 3), "size_met": ratio <= 1 / 3,
+                            "size_ratio_vs_checkpoint": round(int8["size_mb"] / base["size_mb"], 3),
+                            "onnx_fp32_speedup": round(fp32["pairs_per_s"] / base["pairs_per_s"], 2)})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = f"python benchmarks/onnx_speed.py --queries {args.queries} --threads {args.threads}"
+    (RESULTS / "onnx_speed.json").write_text(json.dumps(
+        {"command": command, "queries": len(qids), "pairs": len(rows), "bm25_ndcg10": round(bm25_ndcg, 4), "results": results,
+         "targets": targets, "load_average_at_end": [round(x, 2) for x in load], "timings": t, "env": env}, indent=2) + "\n")
+    fmt = lambda v, f="{}": "–" if v is None else f.format(v)
+    md = [
+        "# ONNX Runtime vs PyTorch: re-ranking speed, quality, size and memory on SciFact",
+        "",
+        (f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, on this project's {env['cores']}-core CPU machine "
+         f"(torch {env['torch']}, onnxruntime {env['onnxruntime']}, transformers {env['transformers']}, "
+         f"sentence-transformers {env['sentence-transformers']}); {args.threads} threads for every configuration, batch {BATCH}."),
+        "",
+        (f"Pairs: BM25 (bm25s) top 100 for {len(qids)} SciFact test queries sampled with seed 0 ({len(rows)} pairs), the same "
+         f"pairs for every row. BM25's own nDCG@10 on these queries: {bm25_ndcg:.4f}. Each row ran in a fresh process; "
+         "pairs/s excludes loading and one warm-up batch; peak RSS is the whole worker process (Python, libraries, model)."),
+        "",
+        "| configuration | pairs/s | nDCG@10 | size on disk (MB) | peak RSS (MB) | load s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if "error" in r:
+            md.append(f"| {r['config']} | not run: {r['error']} | | {fmt(r['size_mb'])} | | |")
+        else:
+            md.append(f"| {r['config']} | {r['pairs_per_s']} | {r['ndcg10']:.4f} | {fmt(r['size_mb'])} | {r['peak_rss_mb']} | {r['load_s']} |")
+    md += ["", "## Targets (ONNX int8 against PyTorch fp32)", "",
+           ("| student | int8 speed-up (target >= 2x) | nDCG@10 change (target within 0.005) | int8 size / ONNX fp32 size (target <= 1/3) "
+           "| int8 size / PyTorch checkpoint | ONNX fp32 speed-up |"),
+           "|---|---:|---:|---:|---:|---:|"]
+    ok = lambda b: "met" if b else "**not met**"
+    for g in targets:
+        md.append(f"| {g['kind']} | {g['int8_speedup']}x ({ok(g['speed_met'])}) | {g['ndcg_delta']:+.4f} ({ok(g['ndcg_met'])}) | "
+                  f"{g['size_ratio']:.3f} ({ok(g['size_met'])}) | {g['size_ratio_vs_checkpoint']:.3f} | {g['onnx_fp32_speedup']}x |")
+    st = by.get(("cross-encoder", "st-onnx"), {})
+    if "error" in st:
+        md += ["", ("sentence-transformers' ONNX backend needs `optimum[onnxruntime]` (optimum-onnx), whose current release "
+               f"requires transformers < 4.58; this environment has transformers {env['transformers']}, so it was not installed "
+               "and that row could not run.")]
+    md += ["", ("T5's ONNX fp32 file is larger than its checkpoint: the checkpoint stores the tied input embedding and "
+           "output projection once, the graph holds both.")]
+    md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).", "",
+           "## Commands and wall time", "", *timing_table(t, w)]
+    (RESULTS / "onnx_speed.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
