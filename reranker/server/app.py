@@ -98,10 +98,15 @@ def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
     return scorer, backend
 
 
-def _warm_up(scorer: Any) -> None:
+def _warm_up(scorer: Any, settings: ServerSettings) -> None:
+    """A few short pairs, then one full batch of the longest pairs the model takes (the largest
+    shape the batcher sends): runtimes that keep a memory arena (ONNX Runtime) reach their
+    working size here, before ready, not under the first heavy load."""
     pairs = [("warm up the model", " ".join(["relevance"] * n)) for n in WARM_UP_WORDS]
-    scorer.pair_lengths(pairs)
+    longest = max(scorer.pair_lengths(pairs))
     scorer.score(pairs, batch_size=len(pairs))
+    n = max(1, min(settings.max_batch_pairs, settings.max_batch_tokens // max(longest, 1), 512))
+    scorer.score([pairs[-1]] * n, batch_size=n)
 
 
 async def _start(state: ServerState, source: Any) -> None:
@@ -116,7 +121,7 @@ async def _start(state: ServerState, source: Any) -> None:
                           max_wait_ms=s.max_wait_ms, max_queue_pairs=s.max_queue_pairs, metrics=state.metrics)
         if s.warmup:
             start = time.perf_counter()
-            await batcher.in_model_thread(_warm_up, state.scorer)
+            await batcher.in_model_thread(_warm_up, state.scorer, s)
             log.info("warm-up took %.2f s", time.perf_counter() - start)
         batcher.start()
         state.batcher, state.status = batcher, "ready"
