@@ -1,0 +1,181 @@
+"""The pipeline's config: one YAML/TOML file, checked in full before any work starts.
+
+Sections follow the stages (queries, candidates, labels, distill, export, evaluate,
+promote). Unknown keys, wrong types and missing paths are errors that name the key
+(``distill.lr: Input should be a valid number``). Relative paths are read against the
+config file's folder; ``package:`` paths point into the installed ``reranker`` package
+(the embedded demo corpus). What the pipeline writes or accumulates (``run_dir``,
+``promote.models_dir``, ``feedback``) is relative to the current directory instead.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import RerankerError
+
+STAGES = ("queries", "candidates", "labels", "distill", "export", "evaluate", "promote")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataSpec(Section):
+    """A data set spec for :func:`reranker.io.dataset.load_dataset` (plus optional queries/qrels files)."""
+
+    spec: str
+    queries: str | None = None
+    qrels: str | None = None
+    split: str = "test"
+    passage_words: int = Field(120, ge=10)
+    passage_overlap: int = Field(30, ge=0)
+
+
+class QueriesSection(Section):
+    generator: str = "extractive"
+    params: dict[str, Any] = Field(default_factory=dict)
+    prompt: str | None = None
+    per_passage: int = Field(1, ge=1)
+    sample: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(32, ge=1)
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(32, ge=1)
+    keep_top: float = Field(1.0, gt=0, le=1)
+    consistency_k: int = Field(10, ge=0)
+    use_feedback_as_seeds: bool = Field(True, description="LLM generators get the feedback judgements as few-shot seeds.")
+
+
+class CandidatesSection(Section):
+    retrievers: list[str] = Field(default_factory=lambda: ["bm25s"], min_length=1)
+    depth: int = Field(8, ge=2)
+    negatives: int | None = Field(None, ge=1)
+
+
+class LabelsSection(Section):
+    teacher: str = "ensemble"
+    params: dict[str, Any] = Field(default_factory=dict)
+    batch_pairs: int = Field(64, ge=1)
+    retries: int = Field(2, ge=0)
+    dev_share: float = Field(0.1, gt=0, lt=1, description="Share of the labelled groups held out for the dev set.")
+
+
+class ExportSection(Section):
+    enabled: bool = True
+    precisions: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
+    serve: Literal["fp32", "int8", "fp16"] = Field("int8", description="The precision that evaluation and `serve` use.")
+
+
+class CascadeSection(Section):
+    """BM25 -> student on ``student_top_k`` -> teacher on the student's ``teacher_top_k``."""
+
+    enabled: bool = False
+    student_top_k: int = Field(100, ge=1)
+    teacher_top_k: int = Field(10, ge=1)
+
+
+class EvaluateSection(Section):
+    data: DataSpec | None = Field(None, description="Judged data (qrels) to evaluate on; default: none (skip).")
+    first_stage: str = "bm25s"
+    top_k: int = Field(100, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "mrr@10", "recall@10"], min_length=1)
+    teacher: bool = Field(True, description="Also re-rank with the teacher (its cost is real for LLM teachers).")
+    cascade: CascadeSection = Field(default_factory=CascadeSection)
+
+
+class PromoteSection(Section):
+    enabled: bool = True
+    models_dir: str = Field("models", description="Versioned model folders (v0001, v0002, ...) and CURRENT.")
+    metric: str = "ndcg@10"
+    max_p: float = Field(0.05, gt=0, lt=1, description="A new student is refused if it is worse with p below this.")
+
+
+class PipelineConfig(Section):
+    """Every option of ``reranker pipeline run``."""
+
+    name: str = "pipeline"
+    run_dir: str = Field("runs/pipeline", description="The run folder (manifest, artifacts, log).")
+    corpus: DataSpec
+    seed: int = 0
+    feedback: str | None = Field(None, description="Feedback file of `reranker feedback add` (extra labels, seeds); may not exist yet.")
+    queries: QueriesSection = Field(default_factory=QueriesSection)
+    candidates: CandidatesSection = Field(default_factory=CandidatesSection)
+    labels: LabelsSection = Field(default_factory=LabelsSection)
+    distill: dict[str, Any] = Field(default_factory=dict, description="Options of `reranker distill` (not train/dev/output_dir).")
+    export: ExportSection = Field(default_factory=ExportSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    promote: PromoteSection = Field(default_factory=PromoteSection)
+
+    @field_validator("distill")
+    @classmethod
+    def _distill_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from student.train import DistillConfig
+
+        owned = {"train", "dev", "output_dir"} & set(value)
+        if owned:
+            raise ValueError(f"{', '.join(sorted(owned))} are set by the pipeline")
+        try:
+            DistillConfig(train="-", output_dir="-", **value)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return value
+
+    def section(self, stage: str) -> Any:
+        """The part of the config a stage depends on (its fingerprint's input)."""
+        return {
+            "queries": {"corpus": self.corpus, "queries": self.queries, "seed": self.seed, "feedback": self.feedback},
+            "candidates": self.candidates, "labels": self.labels, "distill": self.distill, "export": self.export,
+            "evaluate": self.evaluate, "promote": self.promote,
+        }[stage]
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    """``package:demo/docs`` -> inside the installed package; relative paths against ``base``."""
+    if value.startswith("package:"):
+        return Path(str(resources.files("reranker") / "data" / value[len("package:") :]))
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def looks_like_path(value: str) -> bool:
+    return value.startswith(("package:", ".", "/", "~")) or ("/" in value and not value.startswith("irds:")) or Path(value).suffix != ""
+
+
+def load_pipeline_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:
+    """The config in ``path`` (or ``data``), with its paths resolved; every problem named before any work."""
+    from student.train import load_config_file
+
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        data = load_config_file(path)
+        base = path.resolve().parent
+    where = str(path or "pipeline config")
+    try:
+        cfg = PipelineConfig(**(data or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        raise RerankerError(f"{where}: {problems}") from None
+    missing = []
+    for key, spec in _paths(cfg):
+        if spec is not None and looks_like_path(spec):
+            resolved = resolve_path(spec, base)
+            if not resolved.exists():
+                missing.append(f"{key}: {spec} ({resolved} does not exist)")
+    if missing:
+        raise RerankerError(f"{where}: missing path{'s' if len(missing) > 1 else ''}: " + "; ".join(missing))
+    return cfg, base
+
+
+def _paths(cfg: PipelineConfig):
+    for prefix, data in (("corpus", cfg.corpus), ("evaluate.data", cfg.evaluate.data)):
+        if data is not None:
+            yield f"{prefix}.spec", data.spec
+            yield f"{prefix}.queries", data.queries
+            yield f"{prefix}.qrels", data.qrels
+    yield "distill.tokenizer", cfg.distill.get("tokenizer")

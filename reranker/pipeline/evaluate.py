@@ -1,0 +1,118 @@
+"""The pipeline's evaluation: first stage vs teacher vs student (vs the cascade) on judged data.
+
+The first stage retrieves ``top_k`` candidates for the judged queries; the student (the
+serving model: ONNX when exported) and, when asked, the teacher re-rank them. The cascade
+re-ranks the first stage's ``student_top_k`` with the student and the student's
+``teacher_top_k`` with the teacher (the rest keeps the student's order below them). Passage
+runs over a chunked corpus are folded to documents (best passage) before scoring. Writes
+``evaluation/`` (TREC runs, report.md/json) and returns the metrics with the pairs/s of each
+re-ranker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from ..records import Run
+from .runner import Context
+
+log = logging.getLogger(__name__)
+
+
+def cascade_run(first: Run, student: Run, teacher_scores: Run, student_top_k: int, teacher_top_k: int) -> Run:
+    """BM25 -> student on ``student_top_k`` -> teacher on the student's ``teacher_top_k``.
+
+    The teacher's picks rank above the rest (whose order is the student's); scores are
+    offsets that keep that order, for TREC files.
+    """
+    out = Run(name="cascade")
+    for qid in first:
+        pool = {h.doc_id for h in first.ranking(qid)[:student_top_k]}
+        ranked = [h.doc_id for h in student.ranking(qid) if h.doc_id in pool]
+        top, rest = ranked[:teacher_top_k], ranked[teacher_top_k:]
+        teacher_q = teacher_scores.get(qid, {})
+        top = sorted(top, key=lambda d: (-teacher_q.get(d, float("-inf")), top.index(d)))
+        for rank, doc in enumerate(top + rest):
+            out.add(qid, doc, float(len(top) + len(rest) - rank))
+    return out
+
+
+def _timed_rerank(scorer, queries, corpus, run: Run, top_k: int) -> tuple[Run, float]:
+    from ..rerank import rerank_run
+
+    start = time.perf_counter()
+    out = rerank_run(scorer, queries, corpus, run, top_k=top_k)
+    pairs = out.num_entries()
+    return out, pairs / max(time.perf_counter() - start, 1e-9)
+
+
+class _TeacherScorer:
+    """A teacher behind the ``score(pairs)`` interface that rerank_run calls."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def score(self, pairs, batch_size: int = 32):
+        import numpy as np
+
+        from teacher.base import Pair
+
+        judged = self.teacher.score_batch([Pair(f"q{i}", f"d{i}", q, d) for i, (q, d) in enumerate(pairs)])
+        return np.array([j.score for j in judged], dtype=np.float32)
+
+
+def evaluate_models(ctx: Context) -> dict[str, Any]:
+    from teacher.base import make_teacher
+
+    from ..evaluation import compare
+    from ..io.documents import document_run
+    from ..io.trec import write_run
+    from ..retrieval import build_index
+    from ..scoring import load_model
+    from .stages import load_data, serving_model
+
+    ev = ctx.config.evaluate
+    ds = load_data(ctx, ev.data)
+    queries, qrels = ds.require_queries(), ds.require_qrels()
+    queries = {q: v for q, v in queries.items() if q in qrels}
+    out_dir = ctx.path("evaluation")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    retriever = build_index(ds.corpus, ev.first_stage, out_dir / "index", corpus_name=f"{ctx.config.name}-eval")
+    depth = max(ev.top_k, ev.cascade.student_top_k if ev.cascade.enabled else 0)
+    first = retriever.search_queries(queries, k=depth)
+    first.name = ev.first_stage
+    runs: dict[str, Run] = {ev.first_stage: first.top_k(ev.top_k)}
+    speed: dict[str, float] = {}
+    model_dir, options = serving_model(ctx)
+    scorer = load_model(model_dir, **options)
+    runs["student"], speed["student"] = _timed_rerank(scorer, queries, ds.corpus, first, depth)
+    teacher_run = None
+    if ev.teacher or ev.cascade.enabled:
+        teacher = _TeacherScorer(make_teacher(ctx.config.labels.teacher, **ctx.config.labels.params))
+        if ev.teacher:
+            teacher_run, speed["teacher"] = _timed_rerank(teacher, queries, ds.corpus, first, ev.top_k)
+            runs["teacher"] = teacher_run
+        if ev.cascade.enabled:
+            top = Run(name="student-top")
+            for qid in runs["student"]:
+                for h in runs["student"].ranking(qid)[: ev.cascade.teacher_top_k]:
+                    top.add(qid, h.doc_id, h.score)
+            teacher_top, _ = _timed_rerank(teacher, queries, ds.corpus, top, ev.cascade.teacher_top_k)
+            runs["cascade"] = cascade_run(first, runs["student"], teacher_top, ev.cascade.student_top_k, ev.cascade.teacher_top_k)
+    runs["student"] = runs["student"].restrict(queries).top_k(ev.top_k) if depth != ev.top_k else runs["student"]
+    doc_runs = []
+    for name, run in runs.items():
+        folded = document_run(run)
+        folded.name = name
+        write_run(out_dir / f"{name}.trec", folded)
+        doc_runs.append(folded)
+    cmp = compare(qrels, doc_runs, ev.metrics)
+    (out_dir / "report.md").write_text(cmp.to_markdown() + "\n")
+    result = {"metrics": cmp.scores, "pairs_per_second": {k: round(v, 1) for k, v in speed.items()},
+              "model": str(model_dir.relative_to(ctx.run_dir)), **options, "queries": len(queries)}
+    (out_dir / "report.json").write_text(json.dumps({**result, "comparison": cmp.to_dict()}, indent=2) + "\n")
+    log.info("evaluation on %d judged queries:\n%s", len(queries), cmp.to_markdown())
+    return result

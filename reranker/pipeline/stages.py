@@ -1,0 +1,243 @@
+"""The pipeline's stages: corpus -> synthetic queries -> candidates -> teacher labels -> student -> ONNX -> evaluation -> promotion.
+
+Each stage reads what the stages before it wrote into the run folder and writes its own
+files there (see :data:`STAGE_LIST` for which). Library functions do the work; this module
+only wires them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from ..errors import RerankerError
+from .config import DataSpec
+from .runner import Context, Stage
+
+log = logging.getLogger(__name__)
+
+
+def load_data(ctx: Context, spec: DataSpec):
+    """The data set ``spec`` names (loaded once per run)."""
+    from ..io.dataset import load_dataset
+    from ..io.documents import ChunkConfig
+    from .config import looks_like_path, resolve_path
+
+    def path(value: str | None) -> str | None:
+        return None if value is None else str(resolve_path(value, ctx.base)) if looks_like_path(value) else value
+
+    key = json.dumps(spec.model_dump(), sort_keys=True)
+    if key not in ctx.cache:
+        ctx.cache[key] = load_dataset(path(spec.spec), split=spec.split, queries=path(spec.queries), qrels=path(spec.qrels),
+                                      chunking=ChunkConfig(words=spec.passage_words, overlap=spec.passage_overlap))
+    return ctx.cache[key]
+
+
+def _feedback(ctx: Context):
+    from .feedback import read_feedback
+
+    if not ctx.config.feedback:
+        return []
+    path = Path(ctx.config.feedback).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_file():
+        log.info("no feedback yet at %s", path)
+        return []
+    return read_feedback(path)
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def stage_queries(ctx: Context) -> dict[str, Any]:
+    from teacher.base import make_generator
+    from teacher.generate import FilterConfig, SeedPair, generate_queries, write_synthetic
+
+    q = ctx.config.queries
+    corpus = load_data(ctx, ctx.config.corpus).corpus
+    gen = make_generator(q.generator, **q.params)
+    seeds = None
+    if q.use_feedback_as_seeds and not gen.takes_documents:
+        judged = [f for f in _feedback(ctx) if f.label >= 0.5 and corpus.get(f.doc_id) is not None]
+        seeds = [SeedPair(f.query, corpus.get(f.doc_id).contents) for f in judged][:8] or None
+    filters = FilterConfig(min_words=q.min_words, max_words=q.max_words, keep_top_share=q.keep_top, consistency_k=q.consistency_k)
+    result = generate_queries(corpus, gen, q.prompt, n_per_passage=q.per_passage, sample=q.sample, seed=ctx.config.seed,
+                              temperature=q.temperature, max_tokens=q.max_tokens, filters=filters, seeds=seeds)
+    write_synthetic(ctx.path("queries.jsonl"), result)
+    ctx.path("queries-stats.json").write_text(json.dumps(result.stats, indent=2) + "\n")
+    return {"queries": len(result.queries), "passages": result.stats.get("passages"), "seeds": len(seeds or [])}
+
+
+def _training_queries(ctx: Context):
+    """Synthetic queries plus the feedback's queries; their known positives."""
+    from teacher.cli import read_query_file
+
+    from ..records import Query
+
+    queries, positives = read_query_file(ctx.path("queries.jsonl"))
+    for fb in _feedback(ctx):
+        queries.setdefault(fb.query_id, Query(fb.query_id, fb.query))
+        if fb.label >= 0.5:
+            positives.setdefault(fb.query_id, fb.doc_id)
+    return queries, positives
+
+
+# --- candidates ---------------------------------------------------------------------------
+
+
+def stage_candidates(ctx: Context) -> dict[str, Any]:
+    from teacher.mining import mine_candidates
+
+    from ..io.trec import write_run
+    from ..retrieval import build_index
+
+    c = ctx.config.candidates
+    corpus = load_data(ctx, ctx.config.corpus).corpus
+    queries, positives = _training_queries(ctx)
+    retrievers = [build_index(corpus, name, ctx.path("index", name), corpus_name=ctx.config.name) for name in c.retrievers]
+    run = mine_candidates(queries, retrievers, k=c.depth, positives=positives, n_negatives=c.negatives, seed=ctx.config.seed)
+    for fb in _feedback(ctx):  # judged pairs are always labelled, whatever the retrievers found
+        if corpus.get(fb.doc_id) is not None and fb.doc_id not in run.get(fb.query_id, {}):
+            run.add(fb.query_id, fb.doc_id, -1e9)
+    write_run(ctx.path("candidates.trec"), run)
+    return {"queries": len(run), "pairs": run.num_entries()}
+
+
+# --- labels -------------------------------------------------------------------------------
+
+
+def stage_labels(ctx: Context) -> dict[str, Any]:
+    from teacher.base import make_teacher
+    from teacher.labeling import label_pairs
+    from teacher.store import LabelStore
+
+    from ..io.trec import read_run
+
+    lab = ctx.config.labels
+    corpus = load_data(ctx, ctx.config.corpus).corpus
+    queries, positives = _training_queries(ctx)
+    teacher = make_teacher(lab.teacher, **lab.params)
+    with LabelStore(ctx.path("labels.sqlite")) as store:
+        report = label_pairs(teacher, queries, corpus, read_run(ctx.path("candidates.trec")), store,
+                             batch_pairs=lab.batch_pairs, retries=lab.retries)
+        store.export_groups(ctx.path("groups.jsonl"), teacher.fingerprint, teacher.prompt_version, queries, corpus, positives or None)
+    overridden = _apply_feedback(ctx, ctx.path("groups.jsonl"))
+    lines = ctx.path("groups.jsonl").read_text().splitlines()
+    rng = random.Random(ctx.config.seed)
+    order = list(range(len(lines)))
+    rng.shuffle(order)
+    n_dev = max(1, round(len(lines) * lab.dev_share)) if len(lines) > 1 else 0
+    dev = sorted(order[:n_dev])
+    train = sorted(order[n_dev:])
+    ctx.path("train.jsonl").write_text("".join(lines[i] + "\n" for i in train))
+    ctx.path("dev.jsonl").write_text("".join(lines[i] + "\n" for i in dev))
+    return {"teacher": teacher.fingerprint, "pairs_labelled": report.labelled, "pairs_resumed": report.skipped,
+            "pairs_per_second": round(report.pairs_per_second, 2), "groups": len(lines), "train_groups": len(train),
+            "dev_groups": len(dev), "feedback_labels": overridden}
+
+
+def _apply_feedback(ctx: Context, groups_path: Path) -> int:
+    """Feedback judgements replace the teacher's label of their pair (they are the user's own ground truth)."""
+    judged = {(f.query_id, f.doc_id): f.label for f in _feedback(ctx)}
+    if not judged:
+        return 0
+    out, n = [], 0
+    for line in groups_path.read_text().splitlines():
+        group = json.loads(line)
+        for cand in group["candidates"]:
+            label = judged.get((group["query_id"], cand["doc_id"]))
+            if label is not None:
+                cand["label"], n = label, n + 1
+        out.append(json.dumps(group, ensure_ascii=False))
+    groups_path.write_text("".join(line + "\n" for line in out))
+    return n
+
+
+# --- distill, export ----------------------------------------------------------------------
+
+
+def stage_distill(ctx: Context) -> dict[str, Any]:
+    from student.train import distill, load_config
+
+    from .config import resolve_path
+
+    options = dict(ctx.config.distill)
+    if options.get("tokenizer"):
+        options["tokenizer"] = str(resolve_path(options["tokenizer"], ctx.base))
+    options.setdefault("seed", ctx.config.seed)
+    options.setdefault("teacher", ctx.config.labels.teacher)
+    cfg = load_config(train=ctx.path("train.jsonl"), dev=ctx.path("dev.jsonl"), output_dir=ctx.path("student"), resume=True, **options)
+    summary = distill(cfg)
+    return {k: summary.get(k) for k in ("steps", "best_step", "best_metrics", "initial_metrics", "seconds")}
+
+
+def stage_export(ctx: Context) -> dict[str, Any]:
+    from student.export import export_student
+
+    e = ctx.config.export
+    manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions)
+    return {name: {"bytes": m.bytes, "optimized": m.optimized, "parity": m.parity.model_dump() if m.parity else None}
+            for name, m in manifest.models.items()}
+
+
+def serving_model(ctx: Context) -> tuple[Path, dict[str, Any]]:
+    """The folder (and load options) that evaluation and promotion use and `serve` should get:
+    the ONNX export at ``export.serve`` precision when there is one, else the torch student."""
+    e = ctx.config.export
+    if e.enabled and ctx.path("onnx").is_dir():
+        return ctx.path("onnx"), {"precision": e.serve}
+    return ctx.path("student", "model"), {}
+
+
+# --- evaluate, promote --------------------------------------------------------------------
+
+
+def stage_evaluate(ctx: Context) -> dict[str, Any]:
+    from .evaluate import evaluate_models
+
+    return evaluate_models(ctx)
+
+
+def stage_promote(ctx: Context) -> dict[str, Any]:
+    from .promote import promote
+
+    return promote(ctx)
+
+
+def _checksums(ctx: Context, *specs: DataSpec | None, feedback: bool = False) -> dict[str, str | None]:
+    """Checksums of the local files a stage reads, so that an edited corpus or new feedback reruns it."""
+    from .config import looks_like_path, resolve_path
+    from .runner import sha256_path
+
+    out: dict[str, str | None] = {}
+    for spec in specs:
+        for value in (spec.spec, spec.queries, spec.qrels) if spec else ():
+            if value and looks_like_path(value):
+                path = resolve_path(value, ctx.base)
+                out[value] = sha256_path(path) if path.exists() else None
+    if feedback and ctx.config.feedback:
+        path = Path(ctx.config.feedback).expanduser()
+        path = path if path.is_absolute() else Path.cwd() / path
+        out["feedback"] = sha256_path(path) if path.is_file() else None
+    return out
+
+
+STAGE_LIST = [
+    Stage("queries", ("queries.jsonl", "queries-stats.json"), stage_queries,
+          inputs=lambda ctx: _checksums(ctx, ctx.config.corpus, feedback=True)),
+    Stage("candidates", ("candidates.trec", "index"), stage_candidates),
+    Stage("labels", ("labels.sqlite", "groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels),
+    Stage("distill", ("student",), stage_distill),
+    Stage("export", ("onnx",), stage_export, enabled=lambda cfg: cfg.export.enabled),
+    Stage("evaluate", ("evaluation",), stage_evaluate, enabled=lambda cfg: cfg.evaluate.data is not None,
+          inputs=lambda ctx: _checksums(ctx, ctx.config.evaluate.data)),
+    Stage("promote", ("promotion.json",), stage_promote, enabled=lambda cfg: cfg.promote.enabled),
+]
+
+
+def check_stage(name: str | None) -> None:
+    if name is not None and name not in {s.name for s in STAGE_LIST}:
+        raise RerankerError(f"no stage {name!r}; the stages are {', '.join(s.name for s in STAGE_LIST)}")

@@ -1,0 +1,184 @@
+"""`reranker pipeline run`: the whole loop on the embedded corpus with a tiny student, through the real CLI.
+
+Killed with SIGKILL in the middle of labelling and rerun, a run ends with the same artifacts
+as one that was never interrupted; an unchanged rerun skips every stage; feedback reruns the
+loop and a second model version is stored and gated; broken configs fail before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_cli import EXE, cli, ok, user_error
+from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+
+from reranker.demo import demo_data
+from reranker.pipeline.evaluate import cascade_run
+from reranker.records import Run
+from reranker.scoring import load_model
+
+
+def tiny_config(tmp: Path, name: str) -> Path:
+    tok = tmp / "tokenizer"
+    if not tok.is_dir():
+        tiny_bert_tokenizer().save_pretrained(tok)
+    demo = demo_data()
+    cfg = {
+        "name": name, "run_dir": str(tmp / name), "seed": 0, "feedback": str(tmp / "feedback.jsonl"),
+        "corpus": {"spec": str(demo / "docs")},
+        "queries": {"sample": 40, "consistency_k": 0},
+        "candidates": {"depth": 6},
+        "labels": {"teacher": "ensemble", "batch_pairs": 6, "dev_share": 0.25},
+        "distill": {"student": "cross-encoder", "model_config_overrides": dict(BERT_CONFIG, initializer_range=0.2),
+                    "tokenizer": str(tok), "max_length": 64, "query_max_length": 16, "group_size": 4, "batch_queries": 4,
+                    "max_steps": 12, "lr": 1e-3, "warmup_ratio": 0.0, "eval_every": 6},
+        "export": {"precisions": ["fp32", "int8"], "serve": "int8"},
+        "evaluate": {"data": {"spec": str(demo / "docs"), "queries": str(demo / "queries.jsonl"), "qrels": str(demo / "qrels.tsv")},
+                     "top_k": 8, "cascade": {"enabled": True, "student_top_k": 8, "teacher_top_k": 3}},
+        "promote": {"models_dir": str(tmp / "models")},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _labels(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=5) as con:
+            return con.execute("SELECT count(*) FROM labels").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run, and one killed in labelling and resumed."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    whole = ok("pipeline", "run", tiny_config(tmp, "whole"), cwd=tmp)
+    killed_cfg = tiny_config(tmp, "killed")
+    store = tmp / "killed" / "labels.sqlite"
+    proc = subprocess.Popen([str(EXE), "pipeline", "run", str(killed_cfg)], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while _labels(store) < 30 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the pipeline finished labelling before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = _labels(store)
+    resumed = ok("pipeline", "run", killed_cfg, cwd=tmp)
+    return {"tmp": tmp, "whole": tmp / "whole", "killed": tmp / "killed", "at_kill": at_kill,
+            "whole_out": whole, "resumed_out": resumed}
+
+
+def test_a_killed_run_resumes_to_the_same_artifacts(runs):
+    a, b = runs["whole"], runs["killed"]
+    total = sum(1 for line in (a / "candidates.trec").read_text().splitlines() if line.strip())
+    assert 30 <= runs["at_kill"] < total  # killed in the middle of labelling
+    log = runs["resumed_out"].stderr
+    assert "queries: up to date, skipped" in log and "candidates: up to date, skipped" in log
+    assert "labels: resuming an unfinished run" in log
+    labels = json.loads((b / "manifest.json").read_text())["stages"]["labels"]["metrics"]
+    assert labels["pairs_resumed"] == runs["at_kill"] and labels["pairs_labelled"] == total - runs["at_kill"]
+    for name in ("queries.jsonl", "candidates.trec", "train.jsonl", "dev.jsonl"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+    ga = [json.loads(line) for line in (a / "groups.jsonl").read_text().splitlines()]
+    gb = [json.loads(line) for line in (b / "groups.jsonl").read_text().splitlines()]
+    assert [(g["query_id"], [c["doc_id"] for c in g["candidates"]]) for g in ga] == \
+           [(g["query_id"], [c["doc_id"] for c in g["candidates"]]) for g in gb]
+    for x, y in zip(ga, gb):
+        assert [c["label"] for c in x["candidates"]] == pytest.approx([c["label"] for c in y["candidates"]], abs=1e-6)
+    pairs = [(g["query"], c["text"]) for g in ga[:5] for c in g["candidates"]]
+    for folder in ("student/model", "onnx"):
+        assert load_model(a / folder).score(pairs) == pytest.approx(load_model(b / folder).score(pairs), abs=1e-5), folder
+    ma, mb = (json.loads((r / "evaluation" / "report.json").read_text())["metrics"] for r in (a, b))
+    assert ma.keys() == mb.keys()
+    for run in ma:
+        assert ma[run] == pytest.approx(mb[run], abs=1e-9)
+    assert set(ma) == {"bm25s", "student", "teacher", "cascade"}
+    # the printed report ends with how to serve the model
+    assert f"reranker serve {a / 'onnx'}" in runs["whole_out"].stdout
+    assert "| student |" in runs["whole_out"].stdout
+
+
+def test_every_stage_is_recorded_and_an_unchanged_rerun_skips_them(runs):
+    a = runs["whole"]
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["queries", "candidates", "labels", "distill", "export", "evaluate", "promote"]
+    for name, entry in manifest["stages"].items():
+        assert entry["status"] == "done" and entry["seconds"] >= 0 and entry["outputs"], name
+    assert manifest["config"]["distill"]["max_steps"] == 12 and "torch" in manifest["versions"]
+    assert (a / "pipeline.log").read_text().count("labelled") >= 1
+    again = ok("pipeline", "run", runs["tmp"] / "whole.yaml", cwd=runs["tmp"])
+    assert again.stderr.count("up to date, skipped") == 7, again.stderr
+    assert json.loads((a / "manifest.json").read_text())["stages"] == manifest["stages"]
+    # --from reruns that stage and the later ones only
+    part = ok("pipeline", "run", runs["tmp"] / "whole.yaml", "--from", "evaluate", cwd=runs["tmp"])
+    assert part.stderr.count("up to date, skipped") == 5 and "evaluate: running" in part.stderr
+    # a changed output file is noticed: the stage runs again
+    (a / "dev.jsonl").write_text((a / "dev.jsonl").read_text() + "\n")
+    rerun = ok("pipeline", "run", runs["tmp"] / "whole.yaml", cwd=runs["tmp"])
+    assert "labels: running" in rerun.stderr and "queries: up to date, skipped" in rerun.stderr
+
+
+def test_feedback_reruns_the_loop_and_versions_stay_loadable(runs):
+    tmp, a = runs["tmp"], runs["whole"]
+    group = json.loads((a / "groups.jsonl").read_text().splitlines()[0])
+    worst = group["candidates"][-1]
+    ok("feedback", "add", "--file", tmp / "feedback.jsonl", "--query", group["query"], "--doc-id", worst["doc_id"],
+       "--label", 3, "--grade-max", 3)
+    assert user_error("feedback", "add", "--file", tmp / "feedback.jsonl", "--query", "q", "--doc-id", "d", "--label", 2,
+                      match="outside [0, 1]")
+    res = ok("pipeline", "run", tmp / "whole.yaml", cwd=tmp)
+    assert "queries: running" in res.stderr  # new feedback is a new input
+    labels = json.loads((a / "manifest.json").read_text())["stages"]["labels"]["metrics"]
+    assert labels["feedback_labels"] >= 1
+    fb_groups = [json.loads(line) for line in (a / "groups.jsonl").read_text().splitlines()]
+    judged = [c["label"] for g in fb_groups for c in g["candidates"] if c["doc_id"] == worst["doc_id"] and g["query"] == group["query"]]
+    assert judged == [1.0]
+    models = tmp / "models"
+    versions = sorted(p.name for p in models.glob("v*"))
+    assert len(versions) >= 2 and (models / "CURRENT").read_text().strip() in versions
+    decision = json.loads((a / "promotion.json").read_text())
+    assert decision["previous"] is not None and 0.0 <= decision["p_value"] <= 1.0
+    for v in versions:  # every version stays loadable, whatever the gate decided
+        info = json.loads((models / v / "version.json").read_text())
+        assert "decision" in info
+        assert load_model(models / v / "onnx").score([("invoice", "expense claims")]).shape == (1,)
+
+
+def test_broken_configs_are_rejected_before_any_work(tmp_path):
+    good = yaml.safe_load(tiny_config(tmp_path, "x").read_text())
+    cases = [
+        ({"distill": {**good["distill"], "learning_rate": 0.1}}, "learning_rate: Extra inputs are not permitted"),
+        ({"candidates": {"depth": "many"}}, "candidates.depth: Input should be a valid integer"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        ({"corpus": {"spec": str(tmp_path / "nope")}}, "corpus.spec"),
+        ({"evaluate": {"data": {"spec": str(tmp_path / "docs"), "qrels": "./missing.tsv"}}}, "evaluate.data.qrels"),
+        ({"distill": {**good["distill"], "output_dir": "x"}}, "output_dir are set by the pipeline"),
+    ]
+    for change, message in cases:
+        path = tmp_path / "broken.yaml"
+        path.write_text(yaml.safe_dump({**good, **change}))
+        user_error("pipeline", "run", path, match=message)
+    assert not (tmp_path / "x").exists()  # nothing ran
+    user_error("pipeline", "run", tmp_path / "x.yaml", "--from", "training", match="no stage 'training'")
+    res = cli("pipeline", "run", tmp_path / "missing.yaml")
+    assert res.returncode == 2 and "no such config file" in res.stderr
+
+
+def test_cascade_puts_the_teachers_picks_first():
+    first = Run({"q": {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0, "e": 1.0}})
+    student = Run({"q": {"a": 0.1, "b": 0.9, "c": 0.8, "d": 0.3, "e": 0.95}})
+    teacher = Run({"q": {"b": 0.2, "c": 0.7}})
+    out = cascade_run(first, student, teacher, student_top_k=4, teacher_top_k=2)
+    # e is outside the first stage's top 4; the student's top 2 (b, c) are re-ordered by the teacher
+    assert [h.doc_id for h in out.ranking("q")] == ["c", "b", "d", "a"]
