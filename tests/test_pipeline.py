@@ -182,3 +182,13 @@ def test_cascade_puts_the_teachers_picks_first():
     out = cascade_run(first, student, teacher, student_top_k=4, teacher_top_k=2)
     # e is outside the first stage's top 4; the student's top 2 (b, c) are re-ordered by the teacher
     assert [h.doc_id for h in out.ranking("q")] == ["c", "b", "d", "a"]
+
+
+@pytest.mark.parametrize("name", ["pipeline-gpu-t5-base.yaml", "pipeline-openai-teacher.yaml"])
+def test_shipped_configs_are_valid(name):
+    from reranker.pipeline import DEFAULT_CONFIG, PipelineConfig, load_pipeline_config
+
+    cfg = PipelineConfig(**yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text()))
+    assert cfg.evaluate.data is not None and cfg.promote.enabled
+    default, _ = load_pipeline_config(DEFAULT_CONFIG)  # the embedded default's paths all resolve
+    assert default.export.serve == "int8" and default.evaluate.cascade.enabled
