@@ -202,7 +202,8 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
     ]
     for r in results:
         if "error" in r:
-            md.append(f"| {r['config']} | not run: {r['error']} | | {fmt(r['size_mb'])} | | |")
+            reason = "needs Optimum (see below)" if "Optimum" in r["error"] else r["error"]
+            md.append(f"| {r['config']} | not run: {reason} | | {fmt(r['size_mb'])} | | |")
         else:
             md.append(f"| {r['config']} | {r['pairs_per_s']} | {r['ndcg10']:.4f} | {fmt(r['size_mb'])} | {r['peak_rss_mb']} | {r['load_s']} |")
     md += ["", "## Targets (ONNX int8 against PyTorch fp32)", "",
@@ -220,7 +221,9 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
                "and that row could not run.")]
     md += ["", ("T5's ONNX fp32 file is larger than its checkpoint: the checkpoint stores the tied input embedding and "
            "output projection once, the graph holds both.")]
-    md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).", "",
+    shared = (" The CPU was shared with another job during this run (load average above the core count): absolute pairs/s "
+              "are below an idle machine's and the ratios carry noise." if load[1] > (os.cpu_count() or 1) else "")
+    md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).{shared}", "",
            "## Commands and wall time", "", *timing_table(t, w)]
     (RESULTS / "onnx_speed.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
