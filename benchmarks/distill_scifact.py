@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table  # noqa: E402
+from common import EXE, RESULTS, ROOT, environment, sh, timing_table
 
 T5_SMALL = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 8,
             "dropout_rate": 0.1, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
@@ -39,17 +39,30 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--ce-epochs", type=float, default=1.0)
     ap.add_argument("--t5-epochs", type=float, default=3.0)
+    ap.add_argument("--reuse", action="store_true", help="Skip steps whose outputs are already in --work (a stopped run goes on).")
     args = ap.parse_args()
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
+    done = json.loads((w / "timings.json").read_text()) if args.reuse and (w / "timings.json").is_file() else {}
+
+    def step(cmd: list, timings: list[dict], label: str, output: Path) -> None:
+        """One step; with --reuse, a step whose output exists keeps its recorded timing."""
+        if label in done and output.exists():
+            timings.append(done[label])
+            print(f"reused: {label}", file=sys.stderr)
+            return
+        sh(cmd, timings, label)
+        done[label] = timings[-1]
+        (w / "timings.json").write_text(json.dumps(done, indent=2))
+
     scifact = str(args.shared / "datasets" / "beir" / "scifact.zip")
     t5_tok = str(args.shared / "tokenizers" / "t5")
     t: list[dict] = []
 
-    sh([EXE, "-q", "generate-queries", scifact, "--out", w / "synthetic.jsonl", "--sample", args.passages, "--seed", 0,
-        "--stats", w / "gen-stats.json"], t, f"synthetic queries for {args.passages} passages (extractive)")
-    sh([EXE, "-q", "label", scifact, "--queries", w / "synthetic.jsonl", "--store", w / "labels.sqlite", "--teacher", "ensemble",
-        "-k", args.depth, "--export", w / "groups.jsonl"], t, f"teacher labels: ensemble on bm25s top {args.depth}")
+    step([EXE, "-q", "generate-queries", scifact, "--out", w / "synthetic.jsonl", "--sample", args.passages, "--seed", 0,
+        "--stats", w / "gen-stats.json"], t, f"synthetic queries for {args.passages} passages (extractive)", w / "synthetic.jsonl")
+    step([EXE, "-q", "label", scifact, "--queries", w / "synthetic.jsonl", "--store", w / "labels.sqlite", "--teacher", "ensemble",
+        "-k", args.depth, "--export", w / "groups.jsonl"], t, f"teacher labels: ensemble on bm25s top {args.depth}", w / "groups.jsonl")
     lines = (w / "groups.jsonl").read_text().splitlines()
     random.Random(0).shuffle(lines)
     n_dev = max(1, len(lines) // 10)
@@ -57,18 +70,19 @@ def main() -> None:
     (w / "train.jsonl").write_text("\n".join(lines[n_dev:]) + "\n")
     common = ["--train", w / "train.jsonl", "--dev", w / "dev.jsonl", "--group-size", 8, "--batch-queries", 4,
               "--teacher", "ensemble (bm25 + all-MiniLM-L6-v2)", "--resume", "false"]
-    sh([EXE, "-q", "distill", *common, "--output-dir", w / "ce", "--student", "cross-encoder", "--max-length", 256,
-        "--epochs", args.ce_epochs, "--lr", 1e-4, "--head-lr", 1e-3, "--eval-every", 50], t, "distil the cross-encoder student (MiniLM-L6)")
-    sh([EXE, "-q", "distill", *common, "--output-dir", w / "t5", "--student", "t5", "--tokenizer", t5_tok,
+    step([EXE, "-q", "distill", *common, "--output-dir", w / "ce", "--student", "cross-encoder", "--max-length", 256,
+        "--epochs", args.ce_epochs, "--lr", 1e-4, "--head-lr", 1e-3, "--eval-every", 50], t, "distil the cross-encoder student (MiniLM-L6)", w / "ce" / "summary.json")
+    step([EXE, "-q", "distill", *common, "--output-dir", w / "t5", "--student", "t5", "--tokenizer", t5_tok,
         "--model-config-overrides", json.dumps(T5_SMALL), "--max-length", 256, "--epochs", args.t5_epochs, "--lr", 1e-3,
-        "--eval-every", 100], t, "distil the T5 student (random init, d_model 256)")
-    sh([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries")
-    sh([EXE, "-q", "label", scifact, "--candidates", w / "bm25.trec", "--store", w / "test-labels.sqlite", "--teacher", "ensemble",
-        "--run-out", w / "teacher.trec"], t, "teacher re-ranks the top 100")
-    sh([EXE, "-q", "rerank", scifact, "--model", w / "ce" / "model", "--run", w / "bm25.trec", "--top-k", 100,
-        "--out", w / "student-ce.trec"], t, "cross-encoder student re-ranks the top 100")
-    sh([EXE, "-q", "rerank", scifact, "--model", w / "t5" / "model", "--run", w / "bm25.trec", "--top-k", 100,
-        "--out", w / "student-t5.trec"], t, "T5 student re-ranks the top 100")
+        "--eval-every", 100], t, "distil the T5 student (random init, d_model 256)", w / "t5" / "summary.json")
+    step([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries", w / "bm25.trec")
+    step([EXE, "-q", "label", scifact, "--candidates", w / "bm25.trec", "--store", w / "test-labels.sqlite", "--teacher", "ensemble",
+        "--run-out", w / "teacher.trec"], t, "teacher re-ranks the top 100", w / "teacher.trec")
+    for kind, name in (("ce", "cross-encoder"), ("t5", "T5")):  # students re-rank through their ONNX int8 export, as served
+        step([EXE, "-q", "export", w / kind / "model", w / kind / "onnx", "--precision", "fp32,int8"], t,
+             f"export the {name} student to ONNX (fp32 + int8, parity-checked)", w / kind / "onnx" / "onnx_manifest.json")
+        step([EXE, "-q", "rerank", scifact, "--model", w / kind / "onnx", "--run", w / "bm25.trec", "--top-k", 100,
+              "--out", w / f"student-{kind}.trec"], t, f"{name} student (ONNX int8) re-ranks the top 100", w / f"student-{kind}.trec")
     sh([EXE, "-q", "evaluate", scifact, w / "bm25.trec", w / "teacher.trec", w / "student-ce.trec", w / "student-t5.trec",
         "-m", "ndcg@10", "-m", "mrr@10", "-m", "recall@10", "--report", w / "report"], t, "evaluate")
 
@@ -80,7 +94,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "distill_scifact.json").write_text(json.dumps(
         {"report": report, "cross_encoder": ce, "t5": t5, "generation": gen, "timings": t, "env": env}, indent=2) + "\n")
-    agree = lambda s, k: (s.get(k) or {}).get("teacher_ndcg@10", float("nan"))  # noqa: E731
+    agree = lambda s, k: (s.get(k) or {}).get("teacher_ndcg@10", float("nan"))
     md = [
         "# Distillation on SciFact without human labels",
         "",

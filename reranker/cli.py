@@ -63,9 +63,11 @@ def _main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")] = False,
 ):
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("bm25s", "numba", "sentence_transformers", "httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # our packages log at ``level``; third-party libraries (accelerate, ONNX Runtime's optimiser, ...) only warnings
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for ours in ("reranker", "teacher", "student"):
+        logging.getLogger(ours).setLevel(level)
 
 
 @app.command()

@@ -35,14 +35,11 @@ def run_pipeline(config: str | Path | None = None, start_from: str | None = None
     handler = logging.FileHandler(out / "pipeline.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(min(old_level or logging.INFO, logging.INFO))
+    root.addHandler(handler)  # what our packages log (INFO unless -q) goes to the run's log file too
     try:
         ctx = Context(cfg, out, base)
         manifest = run_stages(ctx, STAGE_LIST, start_from, progress)
     finally:
         root.removeHandler(handler)
-        root.setLevel(old_level)
         handler.close()
     return ctx, manifest

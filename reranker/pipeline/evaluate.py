@@ -49,19 +49,21 @@ def _timed_rerank(scorer, queries, corpus, run: Run, top_k: int) -> tuple[Run, f
     return out, pairs / max(time.perf_counter() - start, 1e-9)
 
 
-class _TeacherScorer:
-    """A teacher behind the ``score(pairs)`` interface that rerank_run calls."""
+def _teacher_rerank(teacher, queries, corpus, run: Run, top_k: int, batch_pairs: int = 64) -> tuple[Run, float]:
+    """``run``'s top ``top_k`` re-scored by the teacher (pairs keep their ids: lexical teachers look documents up)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, teacher):
-        self.teacher = teacher
+    from teacher.base import Pair
 
-    def score(self, pairs, batch_size: int = 32):
-        import numpy as np
-
-        from teacher.base import Pair
-
-        judged = self.teacher.score_batch([Pair(f"q{i}", f"d{i}", q, d) for i, (q, d) in enumerate(pairs)])
-        return np.array([j.score for j in judged], dtype=np.float32)
+    pairs = [Pair(qid, h.doc_id, queries[qid].text, corpus.get(h.doc_id).contents)
+             for qid in run if qid in queries for h in run.ranking(qid)[:top_k]]
+    start = time.perf_counter()
+    out = Run(name="teacher")
+    for i in tqdm(range(0, len(pairs), batch_pairs), desc="teacher re-ranking", unit="batch", disable=None):
+        batch = pairs[i : i + batch_pairs]
+        for pair, judged in zip(batch, teacher.score_batch(batch)):
+            out.add(pair.query_id, pair.doc_id, float(judged.score))
+    return out, len(pairs) / max(time.perf_counter() - start, 1e-9)
 
 
 def evaluate_models(ctx: Context) -> dict[str, Any]:
@@ -91,16 +93,17 @@ def evaluate_models(ctx: Context) -> dict[str, Any]:
     runs["student"], speed["student"] = _timed_rerank(scorer, queries, ds.corpus, first, depth)
     teacher_run = None
     if ev.teacher or ev.cascade.enabled:
-        teacher = _TeacherScorer(make_teacher(ctx.config.labels.teacher, **ctx.config.labels.params))
+        teacher = make_teacher(ctx.config.labels.teacher, **ctx.config.labels.params)
+        teacher.prepare(ds.corpus)  # e.g. the BM25 statistics of this corpus
         if ev.teacher:
-            teacher_run, speed["teacher"] = _timed_rerank(teacher, queries, ds.corpus, first, ev.top_k)
+            teacher_run, speed["teacher"] = _teacher_rerank(teacher, queries, ds.corpus, first, ev.top_k)
             runs["teacher"] = teacher_run
         if ev.cascade.enabled:
             top = Run(name="student-top")
             for qid in runs["student"]:
                 for h in runs["student"].ranking(qid)[: ev.cascade.teacher_top_k]:
                     top.add(qid, h.doc_id, h.score)
-            teacher_top, _ = _timed_rerank(teacher, queries, ds.corpus, top, ev.cascade.teacher_top_k)
+            teacher_top, _ = _teacher_rerank(teacher, queries, ds.corpus, top, ev.cascade.teacher_top_k)
             runs["cascade"] = cascade_run(first, runs["student"], teacher_top, ev.cascade.student_top_k, ev.cascade.teacher_top_k)
     runs["student"] = runs["student"].restrict(queries).top_k(ev.top_k) if depth != ev.top_k else runs["student"]
     doc_runs = []
