@@ -11,6 +11,12 @@ what is stored (:meth:`LabelStore.done`) or re-inserts it harmlessly (``INSERT O
      "candidates": [{"doc_id": "d1", "text": "...", "score": 3.2, "label": 0.96}, ...]}
 
 with candidates best first; :func:`read_groups` reads it back.
+
+A teacher's calibration (:mod:`teacher.calibration`: temperature ``T`` and bias ``b`` fitted on
+seed judgements) is kept in a ``calibrations`` table, keyed like the labels; when one is stored,
+:meth:`LabelStore.export_groups` exports ``label = sigmoid(score / T + b)`` instead of the
+stored label. Without one, the exported labels are the stored ones. The table is created on
+the first :meth:`LabelStore.set_calibration`, so older stores open unchanged.
 """
 
 from __future__ import annotations
@@ -166,6 +172,42 @@ class LabelStore:
     def teachers(self) -> dict[str, dict[str, Any]]:
         return {t: json.loads(d) for t, d in self._conn.execute("SELECT teacher, description FROM teachers ORDER BY teacher")}
 
+    # --- calibration ------------------------------------------------------------------
+
+    def set_calibration(self, teacher: str, prompt: str, temperature: float, bias: float = 0.0,
+                        details: Mapping[str, Any] | None = None) -> None:
+        """Store (or replace) the calibration of ``teacher`` / ``prompt``; exports apply it from now on."""
+        if not (math.isfinite(temperature) and temperature > 0 and math.isfinite(bias)):
+            raise RerankerError(f"calibration of {teacher!r}: temperature must be finite and > 0 and bias finite, "
+                                f"got T={temperature!r}, b={bias!r}")
+        with self._transaction():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS calibrations (teacher TEXT NOT NULL, prompt TEXT NOT NULL, "
+                "temperature REAL NOT NULL, bias REAL NOT NULL, details TEXT, created REAL, PRIMARY KEY (teacher, prompt))"
+            )
+            self._conn.execute(
+                "INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?, ?)",
+                (teacher, prompt, float(temperature), float(bias), json.dumps(dict(details or {}), default=str), time.time()),
+            )
+
+    def calibration(self, teacher: str, prompt: str) -> dict[str, Any] | None:
+        """``{"temperature", "bias", "details"}`` stored for ``teacher`` / ``prompt``, or None."""
+        if "calibrations" not in self._schema()[1]:
+            return None
+        row = self._conn.execute(
+            "SELECT temperature, bias, details FROM calibrations WHERE teacher=? AND prompt=?", (teacher, prompt)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"temperature": row[0], "bias": row[1], "details": json.loads(row[2] or "{}")}
+
+    def clear_calibration(self, teacher: str, prompt: str) -> bool:
+        if "calibrations" not in self._schema()[1]:
+            return False
+        with self._transaction():
+            cur = self._conn.execute("DELETE FROM calibrations WHERE teacher=? AND prompt=?", (teacher, prompt))
+        return cur.rowcount > 0
+
     # --- labels -----------------------------------------------------------------------
 
     def add_batch(self, teacher: str, prompt: str, rows: Iterable[tuple[str, str, float, float]]) -> int:
@@ -257,13 +299,14 @@ class LabelStore:
 
     def export_groups(
         self, path: str | Path, teacher: str, prompt: str, queries: Mapping[str, Query], corpus: Corpus,
-        positives: Mapping[str, str] | None = None, include_text: bool = True,
+        positives: Mapping[str, str] | None = None, include_text: bool = True, calibrated: bool = True,
     ) -> int:
         """Write one JSON line per labelled query (sorted by id) for the student; returns the count.
 
         Candidates are ordered by score, best first (ties by doc id, descending, as
         :meth:`Run.ranking`). A labelled query missing from ``queries`` or a doc id (candidate
         or positive) missing from ``corpus`` is an error, raised before anything is written.
+        With a stored calibration (and ``calibrated``), labels are ``sigmoid(score / T + b)``.
         """
         positives = positives or {}
         by_query: dict[str, list[LabelRow]] = {}
@@ -287,11 +330,21 @@ class LabelStore:
                 "Pass the queries and corpus the labels were made from"
             )
 
+        cal = self.calibration(teacher, prompt) if calibrated else None
+        if cal is not None:
+            log.info("exporting %s / %s with its calibration T=%.4g b=%.4g", teacher, prompt, cal["temperature"], cal["bias"])
+
+        def relabel(r: LabelRow) -> float:
+            if cal is None:
+                return r.label
+            z = r.score / cal["temperature"] + cal["bias"]
+            return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
         def groups() -> Iterator[dict[str, Any]]:
             for qid in sorted(by_query):
                 ranked = sorted(by_query[qid], key=lambda r: (r.score, r.doc_id), reverse=True)
                 cands = [{"doc_id": r.doc_id, **({"text": texts[r.doc_id]} if include_text else {}),
-                          "score": r.score, "label": r.label} for r in ranked]
+                          "score": r.score, "label": relabel(r)} for r in ranked]
                 yield {"query_id": qid, "query": queries[qid].text, "positive": positives.get(qid), "candidates": cands}
 
         absent = sum(1 for q, d in positives.items() if q in by_query and d and all(r.doc_id != d for r in by_query[q]))
