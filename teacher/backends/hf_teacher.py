@@ -19,8 +19,6 @@ from ..prompts import load_prompt
 log = logging.getLogger(__name__)
 
 
-
-
 class HFTeacher(Teacher):
     name = "hf"
 
@@ -89,6 +87,25 @@ class HFTeacher(Teacher):
             return self._tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         return text
 
+    def answer_logprobs(self, chunk: Sequence[Pair]):
+        """Next-token log-probabilities after each pair's prompt, a ``[len(chunk), vocab]`` fp32 tensor.
+
+        Scoring and LoRA tuning (:mod:`teacher.tune`) both go through here, so the adapter is
+        trained on exactly the prompt and answer position that labelling reads. Gradients flow
+        unless the caller disables them.
+        """
+        import torch
+
+        enc = self._tok(
+            [self.render(p) for p in chunk], return_tensors="pt", padding=True, truncation=True,
+            max_length=self.params["max_length"], add_special_tokens=not self._chat,  # a chat template has its own
+        ).to(self._device)
+        mask = enc["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        logits = self._model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions).logits
+        logits = logits[:, -1, :].float()  # left padding: the last position predicts the next token
+        return torch.log_softmax(logits, dim=-1)
+
     def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
         import torch
 
@@ -96,16 +113,8 @@ class HFTeacher(Teacher):
         out: list[Judgement] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
-            enc = self._tok(
-                [self.render(p) for p in chunk], return_tensors="pt", padding=True, truncation=True,
-                max_length=self.params["max_length"], add_special_tokens=not self._chat,  # a chat template has its own
-            ).to(self._device)
-            mask = enc["attention_mask"]
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
             with torch.inference_mode():
-                logits = self._model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions).logits
-            logits = logits[:, -1, :].float()  # left padding: the last position predicts the next token
-            logprobs = torch.log_softmax(logits, dim=-1).cpu()
+                logprobs = self.answer_logprobs(chunk).cpu()
             for row in logprobs:
                 per_answer = [[float(row[i]) for i in ids] for ids in self._answer_ids]
                 out.append(judgement_from_logprobs(self.template, per_answer, self.params["temperature"]))

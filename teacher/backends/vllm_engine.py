@@ -6,6 +6,11 @@ is not among them), exactly as the ``openai`` backend reads a vLLM server's answ
 not install on CPU-only machines; where it is not installed the registry names the extra.
 Not exercised by this project's CI (no GPU there); the ``openai`` backend against
 ``vllm serve`` is the tested route to the same engine.
+
+A LoRA adapter from ``reranker teacher-tune`` loads with ``-p adapter=DIR``: the engine starts
+with ``enable_lora=True`` (``max_lora_rank`` at least the adapter's rank) and every request
+carries ``LoRARequest("teacher", 1, DIR)``. With ``vllm serve``, pass
+``--enable-lora --lora-modules teacher=DIR`` and use ``--teacher openai -p model=teacher``.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ class VLLMTeacher(Teacher):
     def __init__(
         self, model: str, prompt: str = "relevance-zeroshot", temperature: float = 1.0, tensor_parallel_size: int = 1,
         max_model_len: int = 4096, max_doc_chars: int = 2000, top_logprobs: int = 20, gpu_memory_utilization: float = 0.9,
+        adapter: str | None = None, max_lora_rank: int = 64,
     ):
-        super().__init__(model=model, prompt=prompt, temperature=temperature, max_model_len=max_model_len, max_doc_chars=max_doc_chars)
+        super().__init__(model=model, prompt=prompt, temperature=temperature, max_model_len=max_model_len, max_doc_chars=max_doc_chars,
+                         adapter=adapter)
         self.template = load_prompt(prompt)
         self.prompt_version = self.template.key
         self.answers = answer_strings(self.template)
-        self.engine_args = dict(tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                                gpu_memory_utilization=gpu_memory_utilization, max_logprobs=top_logprobs, dtype="bfloat16")
+        self.engine_args = {"tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
+                                "gpu_memory_utilization": gpu_memory_utilization, "max_logprobs": top_logprobs, "dtype": "bfloat16"}
+        if adapter:
+            self.engine_args.update(enable_lora=True, max_lora_rank=max_lora_rank)
         self.top_logprobs = top_logprobs
         self._llm = None
 
@@ -60,7 +69,12 @@ class VLLMTeacher(Teacher):
 
         self.warm_up()
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs)
-        outputs = self._llm.generate([self._render(p) for p in pairs], params, use_tqdm=False)
+        lora = None
+        if self.params["adapter"]:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("teacher", 1, self.params["adapter"])
+        outputs = self._llm.generate([self._render(p) for p in pairs], params, use_tqdm=False, lora_request=lora)
         judgements = []
         for pair, out in zip(pairs, outputs):
             steps = out.outputs[0].logprobs if out.outputs else None

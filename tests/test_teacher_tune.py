@@ -1,0 +1,61 @@
+"""LoRA tuning of the `hf` teacher on seed pairs, on a tiny causal LM built from a config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_hf_teacher import TEXTS, build_tiny_lm
+
+from reranker.errors import RerankerError
+from teacher.base import Pair, make_teacher
+from teacher.tune import TuneConfig, tune_teacher
+
+torch.set_num_threads(1)
+
+SEEDS = [
+    (Pair("q1", "d1", TEXTS[0], TEXTS[1]), 1.0),
+    (Pair("q1", "d2", TEXTS[0], TEXTS[2]), 0.0),
+    (Pair("q2", "d3", TEXTS[3], TEXTS[3]), 1.0),
+    (Pair("q2", "d2", TEXTS[3], TEXTS[2]), 0.0),
+    (Pair("q3", "d1", TEXTS[1], TEXTS[1]), 1.0),
+    (Pair("q3", "d3", TEXTS[1], TEXTS[0]), 0.0),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    return build_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny")
+
+
+def test_lora_loss_falls_and_the_adapter_moves_scores_toward_the_labels(tiny_lm, tmp_path):
+    pairs, targets = [p for p, _ in SEEDS], [t for _, t in SEEDS]
+    base = make_teacher("hf", model=str(tiny_lm), prompt="relevance-fewshot")
+    before = [j.score for j in base.score_batch(pairs)]
+    cfg = TuneConfig(steps=100, lr=2e-2, rank=4, alpha=8, dropout=0.0, batch_size=6, target_modules="all-linear", seed=0)
+    report = tune_teacher(str(tiny_lm), pairs, targets, tmp_path / "adapter", prompt="relevance-fewshot", config=cfg)
+    assert len(report.losses) == 100 and report.trainable_params > 0
+    assert report.loss_after < 0.7 * report.loss_before
+    assert sum(report.losses[-5:]) < sum(report.losses[:5])
+    saved = json.loads((tmp_path / "adapter" / "tune.json").read_text())
+    assert saved["prompt"] == "relevance-fewshot@1" and saved["pairs"] == 6
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+    tuned = make_teacher("hf", model=str(tiny_lm), prompt="relevance-fewshot", adapter=str(tmp_path / "adapter"))
+    after = [j.score for j in tuned.score_batch(pairs)]
+    assert tuned.fingerprint != base.fingerprint
+    for b, a, t in zip(before, after, targets):
+        assert (a > b) if t == 1.0 else (a < b)  # P(yes) up for relevant seeds, down for the others
+    assert min(a for a, t in zip(after, targets) if t == 1.0) > max(a for a, t in zip(after, targets) if t == 0.0)
+    again = make_teacher("hf", model=str(tiny_lm), prompt="relevance-fewshot")  # the base model on disk is untouched
+    assert [j.score for j in again.score_batch(pairs)] == pytest.approx(before, abs=1e-5)
+
+
+def test_tuning_refuses_bad_input(tiny_lm, tmp_path):
+    pair = SEEDS[0][0]
+    with pytest.raises(RerankerError, match="one target per pair"):
+        tune_teacher(str(tiny_lm), [pair], [1.0, 0.0], tmp_path / "a", prompt="relevance-fewshot")
+    with pytest.raises(RerankerError, match="steps"):
+        tune_teacher(str(tiny_lm), [pair], [1.0], tmp_path / "a", prompt="relevance-fewshot", config=TuneConfig(steps=0))
+    assert not (tmp_path / "a").exists()
