@@ -98,13 +98,13 @@ def main() -> None:
     md = [
         "# Distillation on SciFact without human labels",
         "",
-        f"Made by `python benchmarks/distill_scifact.py --passages {args.passages} --depth {args.depth} --ce-epochs {args.ce_epochs} "
+        (f"Made by `python benchmarks/distill_scifact.py --passages {args.passages} --depth {args.depth} --ce-epochs {args.ce_epochs} "
         f"--t5-epochs {args.t5_epochs}` on {time.strftime('%Y-%m-%d')}, on this project's {env['cores']}-core CPU machine "
-        f"(torch {env['torch']}, transformers {env['transformers']}).",
+        f"(torch {env['torch']}, transformers {env['transformers']})."),
         "",
-        f"Training data: {gen['candidates']} extractive synthetic queries for {args.passages} sampled SciFact passages, "
+        (f"Training data: {gen['candidates']} extractive synthetic queries for {args.passages} sampled SciFact passages, "
         f"{len(lines)} kept after the filters; each with its bm25s top {args.depth} labelled by the ensemble teacher; "
-        f"{len(lines) - n_dev} groups for training, {n_dev} held out. No human label is used until the final evaluation.",
+        f"{len(lines) - n_dev} groups for training, {n_dev} held out. No human label is used until the final evaluation."),
         "",
         "## Re-ranking BM25's top 100, SciFact test (300 queries, human qrels)",
         "",

@@ -1,0 +1,120 @@
+"""One page and three plots from the committed benchmark results: quality, speed and cost.
+
+Reads ``benchmarks/results/*.json`` (made by the other scripts here; nothing is re-measured)
+and writes ``summary.md``, ``quality.png``, ``speed.png`` and ``cost.png`` beside them.
+Usage: ``python benchmarks/summary.py``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def quality_rows() -> list[tuple[str, str, float]]:
+    rows = []
+    distill = load("distill_scifact")
+    if distill:
+        for run, scores in distill["report"]["scores"].items():
+            rows.append(("SciFact (300 q)", run, scores["ndcg@10"]))
+    dl = load("dl19_quality")
+    if dl:
+        for run, scores in dl["report"]["scores"].items():
+            name = {"bm25-top100": "bm25"}.get(run, run)
+            rows.append(("TREC DL 2019 (43 q)", name, scores["ndcg@10"]))
+    return rows
+
+
+def speed_rows() -> list[tuple[str, float]]:
+    rows = []
+    teachers = load("teachers")
+    for t in (teachers or {}).get("teachers", []):
+        rows.append((f"teacher: {t['teacher']}", t["pairs_per_s"]))
+    onnx = load("onnx_speed")
+    for r in (onnx or {}).get("results", []):
+        if r.get("pairs_per_s"):
+            rows.append((r["config"].replace(" · ", " "), r["pairs_per_s"]))
+    server = load("server_load")
+    for level in (server or {}).get("levels", []):
+        rows.append((f"server, {level['concurrency']} clients", level["pairs_per_s"]))
+    return rows
+
+
+def cost_rows() -> list[tuple[str, float, str]]:
+    rows = []
+    for t in (load("teachers") or {}).get("teachers", []):
+        rows.append((f"label with {t['teacher']}", t["pairs_per_s"] * 3600, "pairs per hour"))
+    distill = load("distill_scifact")
+    if distill:
+        for key, name in (("cross_encoder", "cross-encoder"), ("t5", "T5")):
+            s = distill.get(key)
+            if s and s.get("seconds"):
+                pairs = s["steps"] * s["config"]["group_size"] * s["config"]["batch_queries"]
+                rows.append((f"distil {name} student", pairs / s["seconds"] * 3600, "training pairs per hour"))
+    return rows
+
+
+def plot(rows_q, rows_s, rows_c) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if rows_q:
+        sets = list(dict.fromkeys(r[0] for r in rows_q))
+        fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.5), squeeze=False)
+        for ax, name in zip(axes[0], sets):
+            runs = [(r[1], r[2]) for r in rows_q if r[0] == name]
+            ax.bar([r[0] for r in runs], [r[1] for r in runs], color="#4c72b0")
+            ax.set_title(name)
+            ax.set_ylabel("nDCG@10")
+            ax.set_ylim(0, 1)
+            ax.tick_params(axis="x", rotation=30)
+            for i, (_, v) in enumerate(runs):
+                ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "quality.png", dpi=120)
+        plt.close(fig)
+    for rows, file, label in ((rows_s, "speed.png", "pairs / s (2-core CPU)"), (rows_c, "cost.png", "per hour (2-core CPU)")):
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+        ax.barh([r[0] for r in rows], [r[1] for r in rows], color="#55a868")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(RESULTS / file, dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    rows_q, rows_s, rows_c = quality_rows(), speed_rows(), cost_rows()
+    plot(rows_q, rows_s, rows_c)
+    md = ["# Benchmark summary", "", ("Made by `python benchmarks/summary.py` from the committed results in this folder; "
+          "each figure links to the page (and command) that measured it. All on this project's 2-core CPU machine."), "",
+          "## Quality (nDCG@10; `distill_scifact.md`, `dl19_quality.md`)", "", "![quality](quality.png)", "",
+          "| data | run | nDCG@10 |", "|---|---|---:|"]
+    md += [f"| {d} | {r} | {v:.4f} |" for d, r, v in rows_q]
+    md += ["", "## Speed (pairs/s; `teachers.md`, `onnx_speed.md`, `server_load.md`)", "", "![speed](speed.png)", "",
+           "| what | pairs/s |", "|---|---:|"]
+    md += [f"| {n} | {v:.1f} |" for n, v in rows_s]
+    md += ["", "## Cost (per hour of this CPU; `teachers.md`, `distill_scifact.md`)", "", "![cost](cost.png)", "",
+           "| what | per hour | unit |", "|---|---:|---|"]
+    md += [f"| {n} | {v:,.0f} | {u} |" for n, v, u in rows_c]
+    md += ["", "Timings were taken with other jobs sharing the 2 cores where the linked pages say so; they are lower bounds."]
+    (RESULTS / "summary.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
