@@ -56,6 +56,10 @@ def label(
     save_candidates: Annotated[Path | None, typer.Option(help="Write the mined candidates as a TREC run.")] = None,
     run_out: Annotated[Path | None, typer.Option(help="Write the teacher's scores as a TREC run (the teacher as a re-ranker).")] = None,
     split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
+    budget: Annotated[int | None, typer.Option(help="Send at most this many new pairs to the teacher (chosen by --select).")] = None,
+    select: Annotated[str, typer.Option(help="With --budget: random, uncertainty, disagreement (need --student) or diversity.")] = "random",
+    student: Annotated[Path | None, typer.Option(help="Current student (model folder) for uncertainty / disagreement selection.")] = None,
+    query_encoder: Annotated[str, typer.Option(help="Query embeddings for diversity: auto, minilm or tfidf.")] = "auto",
 ):
     """Label query–candidate pairs with a teacher's soft labels, into a resumable label store."""
     from reranker.io.dataset import load_dataset
@@ -78,6 +82,8 @@ def label(
     if save_candidates is not None:
         write_run(save_candidates, cands)
     with LabelStore(store) as st:
+        if budget is not None:
+            cands = _select(cands, budget, select, student, query_encoder, qs, ds.corpus, st, t, seed)
         report = label_pairs(t, qs, ds.corpus, cands, st, batch_pairs=batch_pairs, retries=retries)
         if run_out is not None:
             from reranker.io.trec import write_run
@@ -92,6 +98,25 @@ def label(
         f"labelled {report.labelled} pairs ({report.skipped} already in {store}) for {report.queries} queries "
         f"with {t.fingerprint} in {report.seconds:.1f} s ({report.pairs_per_second:.1f} pairs/s)"
     )
+
+
+def _select(cands, budget, strategy, student, encoder, qs, corpus, st, t, seed):
+    """The candidates' pairs to label this round: ``budget`` new ones chosen by ``strategy``, plus the done ones."""
+    from reranker.errors import RerankerError
+
+    from .selection import STRATEGIES, embed_queries, select_pairs, student_run
+
+    if strategy not in STRATEGIES:
+        raise RerankerError(f"--select {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    keys = [(q, h.doc_id) for q in cands for h in cands.ranking(q)]
+    done = st.done(t.fingerprint, t.prompt_version, keys)
+    scores = student_run(str(student), qs, corpus, cands) if student is not None and strategy in ("uncertainty", "disagreement") else None
+    emb = embed_queries({q: qs[q].text for q in cands}, encoder) if strategy == "diversity" else None
+    chosen = select_pairs(cands, budget, strategy, student=scores, embeddings=emb, exclude=done, seed=seed)
+    typer.echo(f"selected {chosen.num_entries()} new pairs of {len(keys) - len(done)} unlabelled ({strategy}, budget {budget})")
+    for q, d in done:  # already labelled: skipped by the labeller, kept so the groups stay whole
+        chosen.add(q, d, cands[q][d])
+    return chosen
 
 
 def generate_queries(
@@ -142,3 +167,6 @@ def generate_queries(
 def register(app: typer.Typer) -> None:
     app.command("generate-queries")(generate_queries)
     app.command("label")(label)
+    from .seed_cli import register as register_seed_commands
+
+    register_seed_commands(app)

@@ -95,3 +95,28 @@ def test_store_calibration_changes_exported_labels_and_none_keeps_them(tiny_beir
     with LabelStore(tmp_path / "labels.sqlite") as store:  # persists, and can be removed
         assert store.calibration("t:1", "p")["temperature"] == 2.0
         assert store.clear_calibration("t:1", "p") and store.calibration("t:1", "p") is None
+
+
+def test_calibrate_command_labels_missing_seeds_fits_stores_and_export_applies_it(tiny_beir, tmp_path):
+    from test_cli import ok, user_error
+
+    store, seeds = tmp_path / "l.sqlite", tmp_path / "seeds.tsv"
+    ok("label", tiny_beir, "--store", store, "--teacher", "bm25", "-k", "6", "--export", tmp_path / "before.jsonl")
+    lines = [f"q{q}\td{d}\t{int((q, d) in {(1, 1), (2, 4), (3, 2), (4, 3), (5, 6)})}" for q in range(1, 3) for d in range(1, 7)]
+    seeds.write_text("\n".join(lines) + "\n")
+    res = ok("calibrate", tiny_beir, "--store", store, "--teacher", "bm25", "--seeds", seeds, "--holdout", "0",
+             "--bias", "--plot", tmp_path / "r.png", "--report", tmp_path / "r.json")
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["pairs"] == 12 and rep["after"]["nll"] < rep["before"]["nll"]
+    assert "labelling" in res.stdout and f"T={rep['temperature']:.4f}" in res.stdout
+    assert (tmp_path / "r.png").is_file()
+    ok("label", tiny_beir, "--store", store, "--teacher", "bm25", "-k", "6", "--export", tmp_path / "after.jsonl")
+    before = {(g.query_id, c.doc_id): c for g in read_groups(tmp_path / "before.jsonl") for c in g.candidates}
+    after = {(g.query_id, c.doc_id): c for g in read_groups(tmp_path / "after.jsonl") for c in g.candidates}
+    cal = Calibration(rep["temperature"], rep["bias"])
+    for key, c in after.items():
+        assert c.label == pytest.approx(float(cal.apply([c.score])[0]))
+        if key in before:
+            assert c.score == before[key].score
+    seeds.write_text("q1\td1\t1\nq1\td1\t0\n")
+    user_error("calibrate", tiny_beir, "--store", store, "--teacher", "bm25", "--seeds", seeds, match="seeds.tsv, line 2: pair")
