@@ -176,12 +176,26 @@ def test_an_onnx_export_is_served(ce_folder, reference, tmp_path):
     from student.export import export_student
     from student.parity import load_parity_sample
 
+    from concurrent.futures import ThreadPoolExecutor
+
     onnx_dir = tmp_path / "onnx"
-    export_student(ce_folder, onnx_dir, ["fp32"], optimize=False, parity=load_parity_sample(None, 8))
-    onnx = load_model(onnx_dir)
-    with running(create_app(str(onnx_dir), ServerSettings())) as url:
+    export_student(ce_folder, onnx_dir, ["fp32", "int8"], optimize=False, parity=load_parity_sample(None, 8))
+    onnx = load_model(onnx_dir, precision="fp32")
+
+    def ask(url: str, docs: list[str]) -> np.ndarray:
+        out = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": docs, "return_raw_scores": True}, timeout=60)
+        return np.array([x["raw_score"] for x in sorted(out.json()["results"], key=lambda x: x["index"])])
+
+    with running(create_app(str(onnx_dir), ServerSettings(precision="fp32"))) as url:
         assert httpx.get(f"{url}/ready").json()["backend"] == "onnx"
-        out = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS, "return_raw_scores": True}).json()["results"]
-    got = np.array([x["raw_score"] for x in sorted(out, key=lambda x: x["index"])])
+        got = ask(url, DOCS)
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests share batches: fp32 scores do not move
+            together = list(pool.map(lambda i: ask(url, DOCS[i:] + DOCS[:i]), range(len(DOCS))))
     np.testing.assert_allclose(got, direct(onnx, QUERY, DOCS), atol=1e-5)
     np.testing.assert_allclose(got, direct(reference, QUERY, DOCS), atol=1e-4)  # and the torch student's scores
+    for i, scores in enumerate(together):
+        np.testing.assert_allclose(np.roll(scores, i), got, atol=1e-5)
+    with running(create_app(str(onnx_dir), ServerSettings(precision="int8"))) as url:
+        int8 = ask(url, DOCS)
+    np.testing.assert_allclose(int8, got, atol=0.05)  # the int8 graph, close to fp32 (RERANKER_PRECISION picks it)
+    assert not np.array_equal(int8, got)

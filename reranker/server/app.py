@@ -90,8 +90,11 @@ def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
             import torch
 
             torch.set_num_threads(settings.threads)
-    elif backend == "onnx" and settings.threads:
-        options["intra_op_threads"] = settings.threads
+    elif backend == "onnx":
+        if settings.threads:
+            options["intra_op_threads"] = settings.threads
+        if settings.precision:
+            options["precision"] = settings.precision
     start = time.perf_counter()
     scorer = load_model(source, backend, **options)
     log.info("loaded %s model %s (%s) in %.1f s", backend, source, getattr(scorer, "kind", "?"), time.perf_counter() - start)

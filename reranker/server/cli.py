@@ -20,6 +20,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port (default 8080).")] = None,
     device: Annotated[str | None, typer.Option(help="torch: cpu, cuda, cuda:1.")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op CPU threads (torch or ONNX Runtime).")] = None,
+    precision: Annotated[str | None, typer.Option(help="ONNX: fp32, int8 or fp16 (default int8 on CPU, fp16 on GPU, when exported).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name reported by the API.")] = None,
     max_batch_tokens: Annotated[int | None, typer.Option(help="Token budget per model batch (default 16384).")] = None,
     max_batch_pairs: Annotated[int | None, typer.Option(help="Pairs per model batch at most (default 256).")] = None,

@@ -21,6 +21,9 @@ class ServerSettings(BaseSettings):
     backend: str = Field("auto", description="auto (by the folder's files), torch or onnx.")
     device: str | None = Field(None, description="torch backend: device to run on (cpu, cuda, cuda:1); default cpu.")
     threads: int | None = Field(None, ge=1, description="Intra-op CPU threads (torch.set_num_threads, or ONNX Runtime's intra_op_num_threads).")
+    precision: Literal["fp32", "int8", "fp16"] | None = Field(
+        None, description="ONNX: which exported graph (default int8 on CPU, fp16 on GPU, when exported). int8 quantises "
+        "activations per batch, so its scores move slightly with batching; fp32 scores do not.")
     model_name: str | None = Field(None, description="Name reported by the API (default: the model folder's name).")
     warmup: bool = Field(True, description="Score a few pairs before reporting ready.")
 
