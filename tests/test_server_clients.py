@@ -173,10 +173,10 @@ def test_batch_rerank_command_takes_dataset_as_option_or_argument(ce_folder, ref
 def test_an_onnx_export_is_served(ce_folder, reference, tmp_path):
     """The folder `reranker export` writes serves like the student it came from."""
     pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
+    from concurrent.futures import ThreadPoolExecutor
+
     from student.export import export_student
     from student.parity import load_parity_sample
-
-    from concurrent.futures import ThreadPoolExecutor
 
     onnx_dir = tmp_path / "onnx"
     export_student(ce_folder, onnx_dir, ["fp32", "int8"], optimize=False, parity=load_parity_sample(None, 8))
