@@ -289,6 +289,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                 state["bad_evals"] += 1
             if acc.is_main_process:
                 acc.save_state(str(ckpt))
+                state["seconds_before"] = state.get("seconds_before", 0.0) + time.perf_counter() - start  # across resumes
+                start = time.perf_counter()
                 (ckpt / "trainer_state.json").write_text(json.dumps(state))
             if state["bad_evals"] >= cfg.patience:
                 log.info("early stop at step %d: no improvement for %d evaluations", state["step"], cfg.patience)
@@ -300,7 +302,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         summary = {
             "steps": state["step"], "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
             "initial_metrics": state.get("initial_metrics"),
-            "seconds": time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
+            "seconds": state.get("seconds_before", 0.0) + time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
             "config": json.loads(cfg.model_dump_json()), "history": state["history"],
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -89,8 +89,11 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(groups, tokenizers, tmp_
     out = tmp_path / "run"
     first = distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=4, eval_every=2)), progress=False)
     assert first["steps"] == 4 and (out / "checkpoint" / "trainer_state.json").is_file()
+    trained_before = json.loads((out / "checkpoint" / "trainer_state.json").read_text())["seconds_before"]
+    assert 0 < trained_before <= first["seconds"]
     resumed = distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=7, eval_every=2)), progress=False)
     assert resumed["steps"] == 7
+    assert resumed["seconds"] > trained_before  # training time adds up across resumes
     assert [h["step"] for h in resumed["history"]] == list(range(1, 8))  # the first 4 come from the checkpoint
     assert resumed["history"][:4] == first["history"]
     with pytest.raises(RerankerError, match="exists; resume it"):
