@@ -102,7 +102,7 @@ def main() -> None:
         ("The exported labels (`reranker label --export`) now use the stored calibration; the student's distillation "
         "temperature (`reranker distill --temperature`) is a separate setting."),
         "",
-        "Reading: the ensemble's labels are centred within each query (a per-query z-score), so about half of every "
+        "Reading: the ensemble's labels are centred within each query (a per-query z-score), so many of every "
         "query's candidates get a label above 0.5 while only "
         f"{positives / n_pairs:.0%} of the candidates are judged relevant. A temperature alone can only sharpen or flatten "
         "the labels around 0.5: it lowers the NLL but cannot move the base rate, and the ECE "
