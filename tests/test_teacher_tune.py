@@ -59,3 +59,18 @@ def test_tuning_refuses_bad_input(tiny_lm, tmp_path):
     with pytest.raises(RerankerError, match="steps"):
         tune_teacher(str(tiny_lm), [pair], [1.0], tmp_path / "a", prompt="relevance-fewshot", config=TuneConfig(steps=0))
     assert not (tmp_path / "a").exists()
+
+
+def test_teacher_tune_command(tiny_lm, tiny_beir, tmp_path):
+    from test_cli import ok, user_error
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"query_id": "q1", "doc_id": "d1", "label": 1}\n{"query_id": "q1", "doc_id": "d3", "label": 0}\n')
+    res = ok("teacher-tune", "--model", tiny_lm, "--seeds", seeds, "--dataset", tiny_beir, "--out", tmp_path / "ad",
+             "--prompt", "relevance-fewshot", "--steps", "3", "--lr", "1e-3", "--rank", "2", "--batch-size", "2")
+    assert "saved the LoRA adapter" in res.stdout and (tmp_path / "ad" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "ad" / "tune.json").read_text())["config"]["steps"] == 3
+    seeds.write_text('{"query_id": "q1", "doc_id": "d1", "label": 1}\n{"query_id": "q1", "doc_id": "d1", "label": 0}\n')
+    user_error("teacher-tune", "--model", tiny_lm, "--seeds", seeds, "--dataset", tiny_beir, "--out", tmp_path / "ad2",
+               match="seeds.jsonl, line 2: pair ('q1', 'd1') is judged twice")
+    assert not (tmp_path / "ad2").exists()
