@@ -171,3 +171,41 @@ def reliability_plot(path: str | Path, targets, before, after, bins: int = 10, t
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def calibrate_store(store, teacher_fp: str, prompt: str, seeds, bias: bool = False, holdout: float = 0.3,
+                    seed: int = 0, bins: int = 10) -> tuple[Calibration, dict[str, Any], dict[str, np.ndarray]]:
+    """Fit on the seed pairs the store has labels for (whole queries held out), store the result, report.
+
+    Returns the calibration, the report (NLL/ECE before and after on the held-out pairs, or on
+    the fit pairs with ``holdout=0``) and the held-out arrays (``scores``, ``labels``, ``targets``)
+    for a plot. Seed pairs without a label are an error naming how many.
+    """
+    from .seeds import split_by_query
+
+    stored = {(r.query_id, r.doc_id): r for r in store.labels(teacher_fp, prompt)}
+    missing = [(j.query_id, j.doc_id) for j in seeds.judgements if (j.query_id, j.doc_id) not in stored]
+    if missing:
+        raise RerankerError(
+            f"{len(missing)} of {len(seeds)} seed pairs have no label of {teacher_fp} / {prompt} in {store.path} "
+            f"(e.g. {missing[0]}); label them first"
+        )
+    fit, held = split_by_query(seeds, holdout, seed)
+
+    def arrays(js) -> dict[str, np.ndarray]:
+        rows = [stored[j.query_id, j.doc_id] for j in js]
+        return {"scores": np.array([r.score for r in rows]), "labels": np.array([r.label for r in rows]),
+                "targets": np.array([j.target(seeds.grade_max) for j in js])}
+
+    a_fit = arrays(fit)
+    cal = fit_calibration(a_fit["scores"], a_fit["targets"], bias=bias)
+    a_eval = arrays(held) if held else a_fit
+    rep = report(a_eval["scores"], a_eval["targets"], a_eval["labels"], cal, bins)
+    rep = {"teacher": teacher_fp, "prompt": prompt, "seeds": seeds.path, "temperature": cal.temperature, "bias": cal.bias,
+           "fit_pairs": len(fit), "fit_queries": len({j.query_id for j in fit}),
+           "evaluated_on": "held-out queries" if held else "the fit pairs (no hold-out)",
+           "eval_queries": len({j.query_id for j in (held or fit)}), **rep}
+    store.set_calibration(teacher_fp, prompt, cal.temperature, cal.bias,
+                          details={k: v for k, v in rep.items() if k not in ("before", "after")}
+                          | {"nll_before": rep["before"]["nll"], "nll_after": rep["after"]["nll"]})
+    return cal, rep, a_eval
