@@ -75,3 +75,16 @@ def write_tiny_beir(folder: Path) -> Path:
 def tiny_beir(tmp_path: Path) -> Path:
     """A tiny BEIR folder: 6 titled docs, 5 queries, qrels/test.tsv (q1, q2) and qrels/train.tsv (q3, q4)."""
     return write_tiny_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread. On a busy shared CPU, two threads make each 32-wide matmul
+    wait on the other thread (ms instead of µs); restored after the module. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

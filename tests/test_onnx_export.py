@@ -33,12 +33,7 @@ MORE = [("solar", "wind turbines " * 60), ("coal power", "burning coal"), ("batt
         ("how do wind turbines work", "wind"), ("store energy", "coal releases carbon " * 5)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -100,12 +100,7 @@ class Slow:
         return self.inner.rank(query, documents, top_n, batch_size)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_tiny_ce(root: Path) -> Path:

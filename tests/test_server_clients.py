@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import torch
 from test_server import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, save_tiny_ce, wait_for
 
 from reranker.scoring import load_model
@@ -20,13 +19,7 @@ from reranker.server.app import create_app, sigmoid
 from reranker.server.client import RerankAPIError, RerankClient
 from reranker.server.settings import ServerSettings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

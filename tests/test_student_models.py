@@ -52,14 +52,7 @@ def tiny_bert_tokenizer():
     return BertTokenizer(vocab={tok: i for i, tok in enumerate(dict.fromkeys(tokens))})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread. On a busy shared CPU, two threads make each 32-wide matmul
-    wait on the other thread (ms instead of µs); restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
