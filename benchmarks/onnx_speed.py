@@ -7,13 +7,15 @@ For each student kind (the cross-encoder and the T5 student of ``distill_scifact
 3. each configuration re-scores the same pairs in a fresh subprocess (so its peak memory is its
    own): PyTorch fp32 (``student.models``), ONNX fp32 and ONNX int8 (``reranker.onnx_runtime``),
    and, on the cross-encoder's weights, sentence-transformers' own ``CrossEncoder`` with its
-   torch backend and its ONNX backend (which needs optimum; reported as unavailable without it);
+   torch backend and its ONNX backend (which needs optimum, and optimum needs transformers < 4.58: with
+   ``--st-python PATH``, or env ``ST_ONNX_PYTHON``, that row exports and scores under that interpreter, a side
+   venv made by ``benchmarks/setup_st_onnx_venv.sh``; without it, it is reported as not run);
 4. pairs/s (after a warm-up batch), nDCG@10 of the re-ranked top 100 on the sampled queries,
    model size on disk and the worker's peak RSS.
 
 All configurations run one after the other in one invocation, so the ratios hold on one machine.
 Writes ``benchmarks/results/onnx_speed.{md,json}``.
-Usage: ``python benchmarks/onnx_speed.py [--queries 30] [--ce DIR] [--t5 DIR] [--work /tmp/onnx-speed]``
+Usage: ``python benchmarks/onnx_speed.py [--queries 30] [--ce DIR] [--t5 DIR] [--work /tmp/onnx-speed] [--st-python PY]``
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -34,8 +38,36 @@ from common import EXE, RESULTS, ROOT, environment, sh, timing_table
 BATCH = 32
 
 
+def st_onnx_export(ce: Path, out: Path) -> None:
+    """sentence-transformers' own ONNX export (through optimum) of the checkpoint ``ce``, saved as ``out/onnx/model.onnx``.
+
+    Like the ``st-*`` workers, this path imports only sentence-transformers and its dependencies (no project module),
+    so it runs under ``--st-python`` too.
+    """
+    from sentence_transformers import CrossEncoder
+
+    cfg = json.loads((ce / "student_config.json").read_text())
+    CrossEncoder(str(ce), max_length=cfg["max_length"], device="cpu", backend="onnx").save_pretrained(str(out))
+    (out / "student_config.json").write_bytes((ce / "student_config.json").read_bytes())
+
+
+def st_runtime() -> dict:
+    """The interpreter and package versions a sentence-transformers worker ran with (it may be ``--st-python``'s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for p in ("sentence-transformers", "transformers", "optimum", "optimum-onnx", "onnxruntime", "torch"):
+        try:
+            found[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return {"python_executable": sys.executable, "python": platform.python_version(), **found}
+
+
 def worker(config: str, model: str, pairs_file: Path, out: Path, threads: int) -> None:
     """One configuration in this process: load, warm up, score every pair; scores and figures to ``out``."""
+    if config == "st-onnx-export":
+        return st_onnx_export(Path(model), out)
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     pairs = [(r["query"], r["document"]) for r in rows]
     start = time.perf_counter()
@@ -43,7 +75,14 @@ def worker(config: str, model: str, pairs_file: Path, out: Path, threads: int) -
         from sentence_transformers import CrossEncoder
 
         cfg = json.loads((Path(model) / "student_config.json").read_text())
-        kwargs = {"backend": "onnx", "model_kwargs": {"file_name": "model.onnx"}} if config == "st-onnx" else {}
+        kwargs = {}
+        if config == "st-onnx":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            kwargs = {"backend": "onnx", "model_kwargs": {"file_name": "model.onnx", "provider": "CPUExecutionProvider",
+                                                          "session_options": options}}
         ce = CrossEncoder(model, max_length=cfg["max_length"], device="cpu", **kwargs)
         score = lambda ps: ce.predict(ps, batch_size=BATCH, show_progress_bar=False)
     elif config.startswith("torch"):
@@ -65,12 +104,15 @@ def worker(config: str, model: str, pairs_file: Path, out: Path, threads: int) -
     scores = [float(s) for s in score(pairs)]
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps({"scores": scores, "seconds": seconds, "load_s": load_s, "peak_rss_mb": peak_mb}))
+    result = {"scores": scores, "seconds": seconds, "load_s": load_s, "peak_rss_mb": peak_mb}
+    if config == "st-onnx":
+        result["runtime"] = st_runtime()
+    out.write_text(json.dumps(result))
 
 
-def run_worker(config: str, model: Path, pairs_file: Path, work: Path, threads: int) -> dict:
+def run_worker(config: str, model: Path, pairs_file: Path, work: Path, threads: int, python: str = sys.executable) -> dict:
     out = work / f"{config}.json"
-    cmd = [sys.executable, __file__, "--worker", config, "--model", str(model), "--pairs-file", str(pairs_file),
+    cmd = [python, __file__, "--worker", config, "--model", str(model), "--pairs-file", str(pairs_file),
            "--out", str(out), "--threads", str(threads)]
     print(f"$ [{config}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -91,6 +133,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/onnx-speed"))
     ap.add_argument("--queries", type=int, default=30, help="test queries sampled (each with its BM25 top 100)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--st-python", default=os.environ.get("ST_ONNX_PYTHON") or None,
+                    help="interpreter with sentence-transformers + optimum[onnxruntime] (transformers < 4.58) for the "
+                         "CrossEncoder ONNX-backend row (default: env ST_ONNX_PYTHON; none: that row is not run)")
     ap.add_argument("--worker"), ap.add_argument("--model"), ap.add_argument("--pairs-file", type=Path), ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.worker:
@@ -135,22 +180,42 @@ def main() -> None:
         ("cross-encoder · sentence-transformers CrossEncoder (torch)", "cross-encoder", "st-torch", args.ce, [args.ce / "model.safetensors"]),
         ("cross-encoder · sentence-transformers CrossEncoder (ONNX backend)", "cross-encoder", "st-onnx", w / "st-onnx", [w / "st-onnx" / "onnx" / "model.onnx"]),
     ]
-    # sentence-transformers' ONNX backend reads <folder>/onnx/model.onnx: our fp32 export of the same weights
+    # sentence-transformers' ONNX backend reads <folder>/onnx/model.onnx with optimum, which wants a `logits` output
+    # (our export's is `score`): its own optimum export of the same checkpoint, made under the interpreter that scores it
+    st_python = args.st_python or sys.executable
     st_dir = w / "st-onnx"
-    st_dir.mkdir(exist_ok=True)
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "student_config.json"):
-        (st_dir / f).write_bytes((args.ce / f).read_bytes())
-    (st_dir / "onnx").mkdir(exist_ok=True)
-    (st_dir / "onnx" / "model.onnx").write_bytes((w / "cross-encoder" / "model.onnx").read_bytes())
+    shutil.rmtree(st_dir, ignore_errors=True)
+    cmd = [st_python, __file__, "--worker", "st-onnx-export", "--model", str(args.ce), "--out", str(st_dir)]
+    print(f"$ [st-onnx-export] {' '.join(cmd)}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    st_error = None
+    if res.returncode == 0:
+        t.append({"step": "sentence-transformers' own ONNX export (optimum) of the cross-encoder, under --st-python",
+                  "command": f"{args.st_python or 'python'} benchmarks/onnx_speed.py --worker st-onnx-export --model {args.ce} --out {st_dir}",
+                  "seconds": round(time.perf_counter() - start, 1)})
+    else:
+        st_error = res.stderr.strip().splitlines()[-1][:300] if res.stderr.strip() else f"exit {res.returncode}"
 
     results = []
     start_all = time.perf_counter()
+    st_scores = {}
     for label, kind, config, model, files in configs:
-        r = run_worker(config, model, pairs_file, w, args.threads)
-        entry = {"config": label, "kind": kind, "worker": config, "size_mb": size_mb(*files) if files else None}
+        if config == "st-onnx":
+            r = {"error": st_error} if st_error else run_worker(config, model, pairs_file, w, args.threads, python=st_python)
+        else:
+            r = run_worker(config, model, pairs_file, w, args.threads)
+        entry = {"config": label, "kind": kind, "worker": config,
+                 "size_mb": size_mb(*files) if files and all(p.exists() for p in files) else None}
         if "error" in r:
             entry["error"] = r["error"]
         else:
+            if config.startswith("st-"):
+                st_scores[config] = r["scores"]
+            if "runtime" in r:
+                entry["runtime"] = r["runtime"]
+            if config == "st-onnx" and "st-torch" in st_scores:
+                entry["max_abs_diff_vs_st_torch"] = max(abs(a - b) for a, b in zip(r["scores"], st_scores["st-torch"]))
             run = Run(name=config)
             for row, s in zip(rows, r["scores"]):
                 run.add(row["qid"], row["docid"], s)
@@ -182,6 +247,8 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
                             "onnx_fp32_speedup": round(fp32["pairs_per_s"] / base["pairs_per_s"], 2)})
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = f"python benchmarks/onnx_speed.py --queries {args.queries} --threads {args.threads}"
+    if args.st_python:
+        command += f" --st-python {args.st_python}"
     (RESULTS / "onnx_speed.json").write_text(json.dumps(
         {"command": command, "queries": len(qids), "pairs": len(rows), "bm25_ndcg10": round(bm25_ndcg, 4), "results": results,
          "targets": targets, "load_average_at_end": [round(x, 2) for x in load], "timings": t, "env": env}, indent=2) + "\n")
@@ -218,7 +285,18 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
     if "error" in st:
         md += ["", ("sentence-transformers' ONNX backend needs `optimum[onnxruntime]` (optimum-onnx), whose current release "
                f"requires transformers < 4.58; this environment has transformers {env['transformers']}, so it was not installed "
-               "and that row could not run.")]
+               "and that row could not run; `--st-python` runs it under a side venv "
+               "(`bash benchmarks/setup_st_onnx_venv.sh`).")]
+    elif "runtime" in st:
+        rt = st["runtime"]
+        versions = ", ".join(f"{p} {rt[p]}" for p in ("sentence-transformers", "transformers", "optimum", "optimum-onnx",
+                                                      "onnxruntime", "torch") if p in rt)
+        diff = st.get("max_abs_diff_vs_st_torch")
+        md += ["", (f"The sentence-transformers ONNX-backend row ran under `{rt['python_executable']}` (Python {rt['python']}, "
+               f"{versions}), a side venv from `benchmarks/setup_st_onnx_venv.sh`: optimum needs transformers < 4.58. Its graph "
+               "is sentence-transformers' own optimum export (fp32, not fused) of the cross-encoder checkpoint, made before "
+               "the timed run (not in its load s); its size is that file's. Like the torch-backend row, its scores are "
+               "sigmoid(logit)" + (f"; largest |difference| from the torch-backend row's scores: {diff:.1e}." if diff is not None else "."))]
     md += ["", ("T5's ONNX fp32 file is larger than its checkpoint: the checkpoint stores the tied input embedding and "
            "output projection once, the graph holds both.")]
     shared = (" The CPU was shared with another job during this run (load average above the core count): absolute pairs/s "
