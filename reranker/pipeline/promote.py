@@ -79,6 +79,7 @@ def promote(ctx: Context) -> dict[str, Any]:
         old.name = "current"
         cmp = compare(qrels, [old, new], [cfg.metric], max_p=cfg.max_p)
         p = cmp.p_values["candidate"]["current"][cfg.metric]
+        p = 1.0 if p != p else p  # NaN: the two rank every dev query alike, no difference to test
         new_score, old_score = cmp.scores["candidate"][cfg.metric], cmp.scores["current"][cfg.metric]
         worse = new_score < old_score and p < cfg.max_p
         decision.update(promoted=not worse, candidate_score=new_score, current_score=old_score, p_value=p,

@@ -71,18 +71,30 @@ def stage_queries(ctx: Context) -> dict[str, Any]:
     return {"queries": len(result.queries), "passages": result.stats.get("passages"), "seeds": len(seeds or [])}
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
 def _training_queries(ctx: Context):
-    """Synthetic queries plus the feedback's queries; their known positives."""
+    """Synthetic queries plus the feedback's queries (a feedback query with a synthetic query's text is that query)."""
     from teacher.cli import read_query_file
 
     from ..records import Query
 
     queries, positives = read_query_file(ctx.path("queries.jsonl"))
+    by_text = {_norm(q.text): qid for qid, q in queries.items()}
     for fb in _feedback(ctx):
-        queries.setdefault(fb.query_id, Query(fb.query_id, fb.query))
+        qid = by_text.setdefault(_norm(fb.query), fb.query_id)
+        queries.setdefault(qid, Query(qid, fb.query))
         if fb.label >= 0.5:
-            positives.setdefault(fb.query_id, fb.doc_id)
+            positives.setdefault(qid, fb.doc_id)
     return queries, positives
+
+
+def _feedback_pairs(ctx: Context, queries) -> list[tuple[str, str, float]]:
+    """``(query id, doc id, label)`` of each feedback record, with the ids :func:`_training_queries` gave its query."""
+    by_text = {_norm(q.text): qid for qid, q in queries.items()}
+    return [(by_text[_norm(fb.query)], fb.doc_id, fb.label) for fb in _feedback(ctx) if _norm(fb.query) in by_text]
 
 
 # --- candidates ---------------------------------------------------------------------------
@@ -99,9 +111,9 @@ def stage_candidates(ctx: Context) -> dict[str, Any]:
     queries, positives = _training_queries(ctx)
     retrievers = [build_index(corpus, name, ctx.path("index", name), corpus_name=ctx.config.name) for name in c.retrievers]
     run = mine_candidates(queries, retrievers, k=c.depth, positives=positives, n_negatives=c.negatives, seed=ctx.config.seed)
-    for fb in _feedback(ctx):  # judged pairs are always labelled, whatever the retrievers found
-        if corpus.get(fb.doc_id) is not None and fb.doc_id not in run.get(fb.query_id, {}):
-            run.add(fb.query_id, fb.doc_id, -1e9)
+    for qid, doc_id, _ in _feedback_pairs(ctx, queries):  # judged pairs are always labelled, whatever the retrievers found
+        if corpus.get(doc_id) is not None and doc_id not in run.get(qid, {}):
+            run.add(qid, doc_id, -1e9)
     write_run(ctx.path("candidates.trec"), run)
     return {"queries": len(run), "pairs": run.num_entries()}
 
@@ -124,7 +136,7 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
         report = label_pairs(teacher, queries, corpus, read_run(ctx.path("candidates.trec")), store,
                              batch_pairs=lab.batch_pairs, retries=lab.retries)
         store.export_groups(ctx.path("groups.jsonl"), teacher.fingerprint, teacher.prompt_version, queries, corpus, positives or None)
-    overridden = _apply_feedback(ctx, ctx.path("groups.jsonl"))
+    overridden = _apply_feedback(_feedback_pairs(ctx, queries), ctx.path("groups.jsonl"))
     lines = ctx.path("groups.jsonl").read_text().splitlines()
     rng = random.Random(ctx.config.seed)
     order = list(range(len(lines)))
@@ -139,9 +151,9 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
             "dev_groups": len(dev), "feedback_labels": overridden}
 
 
-def _apply_feedback(ctx: Context, groups_path: Path) -> int:
+def _apply_feedback(pairs: list[tuple[str, str, float]], groups_path: Path) -> int:
     """Feedback judgements replace the teacher's label of their pair (they are the user's own ground truth)."""
-    judged = {(f.query_id, f.doc_id): f.label for f in _feedback(ctx)}
+    judged = {(qid, doc_id): label for qid, doc_id, label in pairs}
     if not judged:
         return 0
     out, n = [], 0
@@ -228,8 +240,11 @@ def _checksums(ctx: Context, *specs: DataSpec | None, feedback: bool = False) ->
 STAGE_LIST = [
     Stage("queries", ("queries.jsonl", "queries-stats.json"), stage_queries,
           inputs=lambda ctx: _checksums(ctx, ctx.config.corpus, feedback=True)),
-    Stage("candidates", ("candidates.trec", "index"), stage_candidates),
-    Stage("labels", ("labels.sqlite", "groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels),
+    Stage("candidates", ("candidates.trec", "index"), stage_candidates, inputs=lambda ctx: _checksums(ctx, feedback=True)),
+    # labels.sqlite is not an output but a cache: teacher labels are paid for, and a rerun with other
+    # inputs (new feedback, more queries) reuses every pair labelled before by the same teacher and prompt
+    Stage("labels", ("groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels,
+          inputs=lambda ctx: _checksums(ctx, feedback=True)),
     Stage("distill", ("student",), stage_distill),
     Stage("export", ("onnx",), stage_export, enabled=lambda cfg: cfg.export.enabled),
     Stage("evaluate", ("evaluation",), stage_evaluate, enabled=lambda cfg: cfg.evaluate.data is not None,
