@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import MissingDependencyError, RerankerError
 from .onnx_manifest import OnnxManifest, sha256
-from .scoring import ONNX_MANIFEST, STUDENT_CONFIG
+from .scoring import ONNX_MANIFEST, STUDENT_CONFIG, PairScoring
 
 __all__ = ["ONNX_MANIFEST", "OnnxScorer", "load_onnx", "resolve_providers"]
 
@@ -68,7 +68,7 @@ def resolve_providers(providers: Sequence[str] | None = None) -> list[str]:
     return wanted
 
 
-class OnnxScorer:
+class OnnxScorer(PairScoring):
     """Scores ``(query, document)`` pairs with an exported ONNX graph (see :func:`load_onnx`).
 
     Attributes: ``kind`` (``"t5"`` / ``"cross-encoder"``), ``folder``, ``manifest``
@@ -213,21 +213,6 @@ class OnnxScorer:
             out = self._run(self.encode([pairs[i][0] for i in idx], [pairs[i][1] for i in idx]))
             scores[idx] = np.asarray(out, dtype=np.float32).reshape(-1)
         return scores
-
-    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
-        """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
-        scores = self.score([(query, d) for d in documents], batch_size)
-        ranked = sorted(enumerate(scores.tolist()), key=lambda p: (-p[1], p[0]))
-        return ranked[:top_n] if top_n is not None else ranked
-
-    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Tokens each pair takes after formatting and truncation."""
-        pairs = list(pairs)
-        out: list[int] = []
-        for start in range(0, len(pairs), 256):
-            chunk = pairs[start : start + 256]
-            out.extend(self.encode([q for q, _ in chunk], [d for _, d in chunk])["attention_mask"].sum(axis=1).tolist())
-        return out
 
     def __repr__(self) -> str:
         return f"OnnxScorer({str(self.folder)!r}, kind={self.kind!r}, precision={self.precision!r}, providers={self.providers})"

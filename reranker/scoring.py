@@ -41,6 +41,26 @@ class Scorer(Protocol):
         ...
 
 
+class PairScoring:
+    """What every scorer derives from its ``score`` and ``encode``: ranking and token counts (one copy for all backends)."""
+
+    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
+        """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
+        scores = self.score([(query, d) for d in documents], batch_size)  # type: ignore[attr-defined]
+        ranked = sorted(enumerate(scores.tolist()), key=lambda p: (-p[1], p[0]))
+        return ranked[:top_n] if top_n is not None else ranked
+
+    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes after formatting and truncation (what token-budget batching counts)."""
+        pairs = list(pairs)
+        out: list[int] = []
+        for start in range(0, len(pairs), 256):
+            chunk = pairs[start : start + 256]
+            mask = self.encode([q for q, _ in chunk], [d for _, d in chunk])["attention_mask"]  # type: ignore[attr-defined]
+            out.extend(int(n) for n in mask.sum(-1).tolist())
+        return out
+
+
 MODEL_BACKENDS = Registry("model backend", {
     "torch": BackendSpec("student.models", "load_student", "train", "a PyTorch student folder (student_config.json)"),
     "onnx": BackendSpec("reranker.onnx_runtime", "load_onnx", "cpu", "an exported ONNX folder (onnx_manifest.json), ONNX Runtime"),

@@ -22,6 +22,7 @@ from torch import nn
 
 from reranker.errors import RerankerError
 from reranker.registry import BackendSpec, Registry
+from reranker.scoring import PairScoring
 
 from .config import CONFIG_NAME, StudentConfig
 from .formatting import encode_pairs, is_packaged, template_path
@@ -48,7 +49,7 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return getattr(torch, str(dtype))
 
 
-class Student(nn.Module):
+class Student(nn.Module, PairScoring):
     """A re-ranker: ``forward(**encode_pairs(...)) -> scores [batch]`` (fp32), plus text-level helpers.
 
     ``model`` is the wrapped transformers model, ``tokenizer`` its tokenizer, ``config``
@@ -101,21 +102,6 @@ class Student(nn.Module):
         finally:
             self.train(was_training)
         return scores
-
-    def pair_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
-        """Tokens each pair takes after formatting and truncation (what token-budget batching counts)."""
-        pairs = list(pairs)
-        out: list[int] = []
-        for start in range(0, len(pairs), 256):
-            chunk = pairs[start : start + 256]
-            out.extend(self.encode([q for q, _ in chunk], [d for _, d in chunk])["attention_mask"].sum(dim=1).tolist())
-        return out
-
-    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> list[tuple[int, float]]:
-        """``(index into documents, score)``, best first (ties by index), at most ``top_n``."""
-        scores = self.score([(query, d) for d in documents], batch_size)
-        ranked = sorted(enumerate(scores.tolist()), key=lambda p: (-p[1], p[0]))
-        return ranked[:top_n] if top_n is not None else ranked
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Weights, tokenizer and ``student_config.json`` in ``folder``; :func:`load_student` reads it back.
