@@ -107,7 +107,8 @@ def _rows(path: Path) -> dict:
         return {(q, d): (s, lab) for q, d, s, lab in con.execute("SELECT query_id, doc_id, score, label FROM labels")}
 
 
-def _count(path: Path) -> int:
+def labels_in(path: Path) -> int:
+    """Rows in a label store (0 while it does not exist yet)."""
     try:
         with sqlite3.connect(path, timeout=5) as con:
             return con.execute("SELECT count(*) FROM labels").fetchone()[0]
@@ -115,18 +116,23 @@ def _count(path: Path) -> int:
         return 0
 
 
+def kill_mid_labelling(cmd: list[str], store: Path, at: int = 30, cwd: Path | None = None) -> None:
+    """Start ``cmd`` and SIGKILL its process group once ``store`` holds ``at`` labels (it must still be running)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while labels_in(store) < at and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished labelling before it could be killed; give it more work"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_label_cli_killed_mid_run_resumes_to_the_same_labels(tmp_path):
     """kill -9 in the middle of `reranker label`, rerun: the same labels as an uninterrupted run."""
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join((DEMO / "queries.jsonl").read_text().splitlines(keepends=True)[:24]))
     store = tmp_path / "killed.sqlite"
-    proc = subprocess.Popen(_label_cmd(store, queries), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    while _count(store) < 30 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the labelling run ended before it could be killed; give it more work"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_labelling(_label_cmd(store, queries), store)
     killed = _rows(store)
     resumed = subprocess.run(_label_cmd(store, queries, "--export", tmp_path / "groups.jsonl"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

@@ -8,16 +8,12 @@ loop and a second model version is stored and gated; broken configs fail before 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from test_cli import EXE, cli, ok, user_error
+from test_labeling import kill_mid_labelling, labels_in
 from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
 
 from reranker.demo import demo_data
@@ -50,14 +46,6 @@ def tiny_config(tmp: Path, name: str) -> Path:
     return path
 
 
-def _labels(store: Path) -> int:
-    try:
-        with sqlite3.connect(store, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM labels").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and one killed in labelling and resumed."""
@@ -65,15 +53,8 @@ def runs(tmp_path_factory):
     whole = ok("pipeline", "run", tiny_config(tmp, "whole"), cwd=tmp)
     killed_cfg = tiny_config(tmp, "killed")
     store = tmp / "killed" / "labels.sqlite"
-    proc = subprocess.Popen([str(EXE), "pipeline", "run", str(killed_cfg)], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    while _labels(store) < 30 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the pipeline finished labelling before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    at_kill = _labels(store)
+    kill_mid_labelling([str(EXE), "pipeline", "run", str(killed_cfg)], store, cwd=tmp)
+    at_kill = labels_in(store)
     resumed = ok("pipeline", "run", killed_cfg, cwd=tmp)
     return {"tmp": tmp, "whole": tmp / "whole", "killed": tmp / "killed", "at_kill": at_kill,
             "whole_out": whole, "resumed_out": resumed}
