@@ -16,6 +16,7 @@ from test_cli import EXE, cli, ok, user_error
 from test_labeling import kill_mid_labelling, labels_in
 from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
 
+from reranker.cascade import load_cascade_config
 from reranker.demo import demo_data
 from reranker.pipeline.evaluate import cascade_run
 from reranker.records import Run
@@ -96,6 +97,17 @@ def test_a_killed_run_resumes_to_the_same_artifacts(runs):
     # the printed report ends with how to serve the model
     assert f"reranker serve {a / 'onnx'}" in runs["whole_out"].stdout
     assert "| student |" in runs["whole_out"].stdout
+
+
+def test_the_evaluation_writes_the_cascade_for_serve(runs, tmp_path, monkeypatch):
+    a = runs["whole"]
+    monkeypatch.chdir(tmp_path)  # the file holds no path relative to the run
+    cfg = load_cascade_config(a / "cascade.yaml")
+    assert (cfg.first_stage, cfg.student_top_k, cfg.teacher, cfg.teacher_params, cfg.teacher_top_k) == ("bm25s", 8, "ensemble", {}, 3)
+    assert Path(cfg.corpus.spec) == (demo_data() / "docs").resolve() and cfg.corpus.passage_words == 120
+    assert f"reranker serve {a / 'onnx'} --cascade {a / 'cascade.yaml'}" in runs["whole_out"].stdout
+    entry = json.loads((a / "manifest.json").read_text())["stages"]["evaluate"]
+    assert "cascade.yaml" in entry["outputs"]  # an edited or deleted file reruns the evaluation
 
 
 def test_every_stage_is_recorded_and_an_unchanged_rerun_skips_them(runs):

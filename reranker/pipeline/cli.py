@@ -35,8 +35,12 @@ def summary(ctx, manifest) -> str:
     if promo:
         lines += ["", f"Promotion: {promo.get('version')} {'promoted' if promo.get('promoted') else 'kept back'} ({promo.get('reason')})."]
     model, _ = serving_model(ctx)  # an ONNX folder serves int8 on CPU and fp16 on GPU where exported
-    lines += ["", "Serve the student:", f"  reranker serve {model}",
-              "Re-rank a run without HTTP:", f"  reranker rerank DATASET --model {model} --run FIRST_STAGE.trec --out RERANKED.trec"]
+    lines += ["", "Serve the student:", f"  reranker serve {model}"]
+    cascade = ctx.run_dir / "cascade.yaml"
+    if cascade.is_file():  # written by the evaluation when evaluate.cascade is enabled
+        lines += ["Serve the cascade too (POST /search: first stage -> student -> teacher over the corpus):",
+                  f"  reranker serve {model} --cascade {cascade}"]
+    lines += ["Re-rank a run without HTTP:", f"  reranker rerank DATASET --model {model} --run FIRST_STAGE.trec --out RERANKED.trec"]
     return "\n".join(lines)
 
 

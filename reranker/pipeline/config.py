@@ -146,6 +146,31 @@ def looks_like_path(value: str) -> bool:
     return value.startswith(("package:", ".", "/", "~")) or ("/" in value and not value.startswith("irds:")) or Path(value).suffix != ""
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """``key.path: message; ...`` of a pydantic error: each problem named by its key."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
+
+
+def check_paths(where: str, paths, base: Path) -> None:
+    """A :class:`RerankerError` naming every ``(key, spec)`` of ``paths`` that looks like a path and does not exist."""
+    missing = []
+    for key, spec in paths:
+        if spec is not None and looks_like_path(spec):
+            resolved = resolve_path(spec, base)
+            if not resolved.exists():
+                missing.append(f"{key}: {spec} ({resolved} does not exist)")
+    if missing:
+        raise RerankerError(f"{where}: missing path{'s' if len(missing) > 1 else ''}: " + "; ".join(missing))
+
+
+def data_paths(prefix: str, data: DataSpec | None):
+    """``(key, value)`` of the files a data spec names, for :func:`check_paths`."""
+    if data is not None:
+        yield f"{prefix}.spec", data.spec
+        yield f"{prefix}.queries", data.queries
+        yield f"{prefix}.qrels", data.qrels
+
+
 def load_pipeline_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:
     """The config in ``path`` (or ``data``), with its paths resolved; every problem named before any work."""
     from student.train import load_config_file
@@ -159,23 +184,12 @@ def load_pipeline_config(path: str | Path | None = None, data: dict[str, Any] | 
     try:
         cfg = PipelineConfig(**(data or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
-        raise RerankerError(f"{where}: {problems}") from None
-    missing = []
-    for key, spec in _paths(cfg):
-        if spec is not None and looks_like_path(spec):
-            resolved = resolve_path(spec, base)
-            if not resolved.exists():
-                missing.append(f"{key}: {spec} ({resolved} does not exist)")
-    if missing:
-        raise RerankerError(f"{where}: missing path{'s' if len(missing) > 1 else ''}: " + "; ".join(missing))
+        raise RerankerError(f"{where}: {validation_problems(exc)}") from None
+    check_paths(where, _paths(cfg), base)
     return cfg, base
 
 
 def _paths(cfg: PipelineConfig):
-    for prefix, data in (("corpus", cfg.corpus), ("evaluate.data", cfg.evaluate.data)):
-        if data is not None:
-            yield f"{prefix}.spec", data.spec
-            yield f"{prefix}.queries", data.queries
-            yield f"{prefix}.qrels", data.qrels
+    yield from data_paths("corpus", cfg.corpus)
+    yield from data_paths("evaluate.data", cfg.evaluate.data)
     yield "distill.tokenizer", cfg.distill.get("tokenizer")

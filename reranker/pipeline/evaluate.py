@@ -3,7 +3,8 @@
 The first stage retrieves ``top_k`` candidates for the judged queries; the student (the
 serving model: ONNX when exported) and, when asked, the teacher re-rank them. The cascade
 re-ranks the first stage's ``student_top_k`` with the student and the student's
-``teacher_top_k`` with the teacher (the rest keeps the student's order below them). Passage
+``teacher_top_k`` with the teacher (the rest keeps the student's order below them), as the
+server's ``/search`` does (:mod:`reranker.cascade`), and writes ``cascade.yaml`` for it. Passage
 runs over a chunked corpus are folded to documents (best passage) before scoring. Writes
 ``evaluation/`` (TREC runs, report.md/json) and returns the metrics with the pairs/s of each
 re-ranker.
@@ -16,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from ..cascade import cascade_order, student_ranking, teacher_judgements
 from ..records import Run
 from .runner import Context
 
@@ -25,19 +27,59 @@ log = logging.getLogger(__name__)
 def cascade_run(first: Run, student: Run, teacher_scores: Run, student_top_k: int, teacher_top_k: int) -> Run:
     """BM25 -> student on ``student_top_k`` -> teacher on the student's ``teacher_top_k``.
 
-    The teacher's picks rank above the rest (whose order is the student's); scores are
-    offsets that keep that order, for TREC files.
+    The teacher's picks rank above the rest (whose order is the student's), as
+    :func:`reranker.cascade.cascade_order` orders them; scores are offsets that keep that order, for TREC files.
     """
     out = Run(name="cascade")
     for qid in first:
-        pool = {h.doc_id for h in first.ranking(qid)[:student_top_k]}
-        ranked = [h.doc_id for h in student.ranking(qid) if h.doc_id in pool]
-        top, rest = ranked[:teacher_top_k], ranked[teacher_top_k:]
-        teacher_q = teacher_scores.get(qid, {})
-        top = sorted(top, key=lambda d: (-teacher_q.get(d, float("-inf")), top.index(d)))
-        for rank, doc in enumerate(top + rest):
-            out.add(qid, doc, float(len(top) + len(rest) - rank))
+        ranked = student_ranking(_pool(first, qid, student_top_k), student.get(qid, {}))
+        order = cascade_order(ranked, teacher_scores.get(qid, {}), teacher_top_k)
+        for rank, (doc, _, _) in enumerate(order):
+            out.add(qid, doc, float(len(order) - rank))
     return out
+
+
+def _pool(first: Run, qid: str, student_top_k: int) -> list[str]:
+    return [h.doc_id for h in first.ranking(qid)[:student_top_k]]
+
+
+def _cascade_teacher(teacher, queries, corpus, first: Run, student: Run, cascade) -> Run:
+    """The teacher's scores of each query's cascade picks (the student's top ``teacher_top_k`` of the first
+    stage's top ``student_top_k``), one call per query, as the server's ``/search`` makes them."""
+    from tqdm.auto import tqdm
+
+    out = Run(name="cascade-teacher")
+    for qid in tqdm([q for q in first if q in queries], desc="cascade teacher", unit="query", disable=None):
+        ranked = student_ranking(_pool(first, qid, cascade.student_top_k), student.get(qid, {}))
+        docs = [(doc, corpus.get(doc).contents) for doc, _ in ranked[: cascade.teacher_top_k]]
+        for doc, judged in teacher_judgements(teacher, qid, queries[qid].text, docs).items():
+            out.add(qid, doc, float(judged.score))
+    return out
+
+
+def write_cascade_config(ctx: Context) -> None:
+    """``cascade.yaml``: the evaluated cascade over the pipeline's corpus, for ``reranker serve MODEL --cascade``.
+
+    Paths are absolute (``package:`` specs stay as they are), so the file works from any folder.
+    """
+    import yaml
+
+    from ..cascade import CascadeConfig
+    from .config import looks_like_path, resolve_path
+    from .stages import serving_model
+
+    spec = ctx.config.corpus
+    portable = spec.spec if spec.spec.startswith("package:") or not looks_like_path(spec.spec) \
+        else str(resolve_path(spec.spec, ctx.base).resolve())
+    ev = ctx.config.evaluate
+    cfg = CascadeConfig(corpus=spec.model_copy(update={"spec": portable, "queries": None, "qrels": None}),
+                        first_stage=ev.first_stage, student_top_k=ev.cascade.student_top_k, teacher=ctx.config.labels.teacher,
+                        teacher_params=ctx.config.labels.params, teacher_top_k=ev.cascade.teacher_top_k)
+    data = cfg.model_dump(exclude_none=True)
+    data["corpus"] = {k: v for k, v in data["corpus"].items() if v is not None}
+    header = (f"# The cascade that pipeline {ctx.config.name!r} evaluated, over the pipeline's corpus; serve it with\n"
+              f"#   reranker serve {serving_model(ctx)[0]} --cascade {ctx.path('cascade.yaml')}\n")
+    ctx.path("cascade.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False))
 
 
 def _timed_rerank(scorer, queries, corpus, run: Run, top_k: int) -> tuple[Run, float]:
@@ -99,12 +141,9 @@ def evaluate_models(ctx: Context) -> dict[str, Any]:
             teacher_run, speed["teacher"] = _teacher_rerank(teacher, queries, ds.corpus, first, ev.top_k)
             runs["teacher"] = teacher_run
         if ev.cascade.enabled:
-            top = Run(name="student-top")
-            for qid in runs["student"]:
-                for h in runs["student"].ranking(qid)[: ev.cascade.teacher_top_k]:
-                    top.add(qid, h.doc_id, h.score)
-            teacher_top, _ = _teacher_rerank(teacher, queries, ds.corpus, top, ev.cascade.teacher_top_k)
+            teacher_top = _cascade_teacher(teacher, queries, ds.corpus, first, runs["student"], ev.cascade)
             runs["cascade"] = cascade_run(first, runs["student"], teacher_top, ev.cascade.student_top_k, ev.cascade.teacher_top_k)
+            write_cascade_config(ctx)
     runs["student"] = runs["student"].restrict(queries).top_k(ev.top_k) if depth != ev.top_k else runs["student"]
     doc_runs = []
     for name, run in runs.items():

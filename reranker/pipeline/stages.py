@@ -20,19 +20,24 @@ from .runner import Context, Stage
 log = logging.getLogger(__name__)
 
 
-def load_data(ctx: Context, spec: DataSpec):
-    """The data set ``spec`` names (loaded once per run)."""
+def read_data(spec: DataSpec, base: Path):
+    """The data set ``spec`` names, its paths read against ``base`` (``package:`` paths inside the package)."""
     from ..io.dataset import load_dataset
     from ..io.documents import ChunkConfig
     from .config import looks_like_path, resolve_path
 
     def path(value: str | None) -> str | None:
-        return None if value is None else str(resolve_path(value, ctx.base)) if looks_like_path(value) else value
+        return None if value is None else str(resolve_path(value, base)) if looks_like_path(value) else value
 
+    return load_dataset(path(spec.spec), split=spec.split, queries=path(spec.queries), qrels=path(spec.qrels),
+                        chunking=ChunkConfig(words=spec.passage_words, overlap=spec.passage_overlap))
+
+
+def load_data(ctx: Context, spec: DataSpec):
+    """The data set ``spec`` names (loaded once per run)."""
     key = json.dumps(spec.model_dump(), sort_keys=True)
     if key not in ctx.cache:
-        ctx.cache[key] = load_dataset(path(spec.spec), split=spec.split, queries=path(spec.queries), qrels=path(spec.qrels),
-                                      chunking=ChunkConfig(words=spec.passage_words, overlap=spec.passage_overlap))
+        ctx.cache[key] = read_data(spec, ctx.base)
     return ctx.cache[key]
 
 
@@ -247,7 +252,7 @@ STAGE_LIST = [
           inputs=lambda ctx: _checksums(ctx, feedback=True)),
     Stage("distill", ("student",), stage_distill),
     Stage("export", ("onnx",), stage_export, enabled=lambda cfg: cfg.export.enabled),
-    Stage("evaluate", ("evaluation",), stage_evaluate, enabled=lambda cfg: cfg.evaluate.data is not None,
+    Stage("evaluate", ("evaluation", "cascade.yaml"), stage_evaluate, enabled=lambda cfg: cfg.evaluate.data is not None,
           inputs=lambda ctx: _checksums(ctx, ctx.config.evaluate.data)),
     Stage("promote", ("promotion.json",), stage_promote, enabled=lambda cfg: cfg.promote.enabled),
 ]

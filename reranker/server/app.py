@@ -1,11 +1,12 @@
 """The re-rank HTTP API: :func:`create_app` builds a FastAPI app around one model folder or scorer.
 
 Endpoints: Cohere's ``POST /v1/rerank`` and ``/v2/rerank``, text-embeddings-inference's
-``POST /rerank``, ``GET /health`` (liveness), ``GET /ready`` (model loaded and warmed up),
+``POST /rerank``, ``POST /search`` (the cascade over a corpus, with ``--cascade``; see
+:mod:`.cascade`), ``GET /health`` (liveness), ``GET /ready`` (model loaded and warmed up),
 ``GET /metrics`` (Prometheus) and ``/docs`` (OpenAPI). The model loads in the background when
-the app starts, so ``/health`` answers at once and the rerank endpoints answer 503 with
-Retry-After until ``/ready`` does. Every error is JSON ``{"message", "error", "error_type"}``
-with a 4xx status for anything wrong with the request; a 5xx only for faults of the server.
+the app starts (the cascade too, when there is one), so ``/health`` answers at once and the
+rerank endpoints answer 503 with Retry-After until ``/ready`` does. Every error is JSON
+``{"message", "error", "error_type"}`` with a 4xx status for anything wrong with the request; a 5xx only for faults of the server.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RerankerError
-from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents
+from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents, sigmoid
+from .cascade import CascadeService
 from .metrics import Metrics
 from .schemas import (
     ApiVersion,
@@ -41,6 +43,8 @@ from .schemas import (
     ErrorResponse,
     Health,
     ResultDocument,
+    SearchRequest,
+    SearchResponse,
     TEIRank,
     TEIRerankRequest,
     error_body,
@@ -71,11 +75,7 @@ class ServerState:
     scorer: Any = None
     batcher: Batcher | None = None
     backend: str | None = None
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic in float64, within [0, 1]."""
-    return np.clip(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))), 0.0, 1.0)
+    cascade: CascadeService | None = None
 
 
 def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
@@ -113,8 +113,11 @@ def _warm_up(scorer: Any, settings: ServerSettings) -> None:
 
 
 async def _start(state: ServerState, source: Any) -> None:
-    """Load (unless given a scorer), warm up, then start the batcher and report ready."""
+    """Load (unless given a scorer) and warm up the model, then the cascade; then start the batcher and report ready.
+
+    One after the other: libraries that both import lazily (transformers) are not safe to import from two threads at once."""
     s = state.settings
+    part = "model"
     try:
         if isinstance(source, str | Path):
             state.scorer, state.backend = await asyncio.to_thread(_load, source, s)
@@ -126,13 +129,16 @@ async def _start(state: ServerState, source: Any) -> None:
             start = time.perf_counter()
             await batcher.in_model_thread(_warm_up, state.scorer, s)
             log.info("warm-up took %.2f s", time.perf_counter() - start)
+        if state.cascade is not None:
+            part = "cascade"
+            await state.cascade.load()
         batcher.start()
         state.batcher, state.status = batcher, "ready"
         state.metrics.ready.set(1)
         log.info("ready: serving %s", state.model_name)
     except Exception as exc:  # reported by /health and /ready; the process stays up so that it can be inspected
-        state.status, state.detail = "failed", str(exc)
-        log.exception("the model could not be loaded")
+        state.status, state.detail = "failed", str(exc) if part == "cascade" else f"the model failed to load: {exc}"
+        log.exception("the %s could not be loaded", part)
 
 
 def _error_doc(description: str, retry_after: bool = False) -> dict:
@@ -165,6 +171,8 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
         raise RerankerError("no model: pass a model folder (reranker serve MODEL_DIR) or set RERANKER_MODEL")
     name = settings.model_name or (Path(source).name if isinstance(source, str | Path) else type(source).__name__)
     state = ServerState(settings=settings, metrics=Metrics(), model_name=name)
+    if settings.cascade:
+        state.cascade = CascadeService.from_settings(settings, state.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -178,6 +186,8 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
                 loader.cancel()
             if state.batcher is not None:
                 await state.batcher.stop()
+            if state.cascade is not None:
+                state.cascade.close()
 
     app = FastAPI(
         title="enterprise-reranker",
@@ -202,7 +212,7 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
 def _batcher(state: ServerState) -> Batcher:
     if state.batcher is None or state.status != "ready":
         if state.status == "failed":
-            raise ServiceUnavailable(f"the model failed to load: {state.detail}", 30)
+            raise ServiceUnavailable(str(state.detail), 30)
         raise ServiceUnavailable("the server is shutting down" if state.status == "stopping" else "the model is loading", 1)
     return state.batcher
 
@@ -217,11 +227,15 @@ def _check_limits(settings: ServerSettings, query: str, texts: list[str]) -> Non
             raise ApiError(413, f"document {i} has {len(t)} characters; at most {settings.max_chars}", "payload_too_large")
 
 
+def _window(s: ServerSettings) -> tuple[int, int] | None:
+    return (s.window_words, s.window_overlap) if s.long_docs == "window" else None
+
+
 async def _raw_scores(state: ServerState, query: str, texts: list[str], max_tokens_per_doc: int | None = None) -> np.ndarray:
     s = state.settings
     _check_limits(s, query, texts)
     batcher = _batcher(state)
-    window = (s.window_words, s.window_overlap) if s.long_docs == "window" else None
+    window = _window(s)
     scores = await score_documents(batcher, query, texts, max_tokens_per_doc=max_tokens_per_doc, window=window)
     state.metrics.documents.inc(len(texts))
     return scores
@@ -273,9 +287,23 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         scores = raw.astype(np.float64) if req.raw_scores else sigmoid(raw)
         return [TEIRank(index=i, score=float(scores[i]), text=req.texts[i] if req.return_text else None) for i in _ranking(raw, None)]
 
+    if state.cascade is not None:
+        @app.post("/search", response_model=SearchResponse, summary="Search the corpus: first stage -> student -> teacher",
+                  response_model_exclude_none=True, responses=errors, dependencies=guarded, tags=["search"])
+        async def search(req: SearchRequest) -> SearchResponse:
+            """The cascade of ``--cascade`` over its corpus: the teacher's picks first, then the student's order."""
+            _check_limits(s, req.query, [])
+            batcher = _batcher(state)
+            return await state.cascade.search(req, lambda q, texts: score_documents(batcher, q, texts, window=_window(s)))
+    else:
+        @app.post("/search", include_in_schema=False)
+        async def no_search() -> None:
+            raise ApiError(404, "this server runs no cascade: start it with --cascade CONFIG (or RERANKER_CASCADE) to serve "
+                           "/search", "not_found")
+
     def health_body(status: str) -> dict:
         return Health(status=status, model=state.model_name, backend=state.backend, kind=getattr(state.scorer, "kind", None),
-                      detail=state.detail).model_dump(exclude_none=True)
+                      cascade=state.settings.cascade or None, detail=state.detail).model_dump(exclude_none=True)
 
     @app.get("/health", response_model=Health, response_model_exclude_none=True, tags=["ops"],
              responses={503: {"model": Health, "description": "The model failed to load"}})
@@ -289,7 +317,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
              responses={503: {"model": Health, "description": "Not ready: loading, failed or stopping",
                               "headers": ERRORS[503]["headers"]}})
     async def ready() -> Any:
-        """Readiness: 200 once the model is loaded and warmed up."""
+        """Readiness: 200 once the model (and the cascade, when there is one) is loaded and warmed up."""
         if state.status != "ready":
             return JSONResponse(health_body(state.status), status_code=503, headers={"Retry-After": "1"})
         return health_body("ready")

@@ -241,6 +241,11 @@ class Batcher:
             self.metrics.queue_pairs.set(self._queued)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic in float64, within [0, 1]: raw scores as relevance scores."""
+    return np.clip(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))), 0.0, 1.0)
+
+
 # --- long documents ---------------------------------------------------------------------------
 
 

@@ -22,6 +22,8 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="Intra-op CPU threads (torch or ONNX Runtime).")] = None,
     precision: Annotated[str | None, typer.Option(help="ONNX: fp32, int8 or fp16 (default int8 on CPU, fp16 on GPU, when exported).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name reported by the API.")] = None,
+    cascade: Annotated[Path | None, typer.Option(help="Cascade config (YAML/JSON, e.g. RUN/cascade.yaml): also serve POST /search, "
+                                                 "first stage -> student -> teacher over its corpus.")] = None,
     max_batch_tokens: Annotated[int | None, typer.Option(help="Token budget per model batch (default 16384).")] = None,
     max_batch_pairs: Annotated[int | None, typer.Option(help="Pairs per model batch at most (default 256).")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="Wait for a batch to fill, ms (default 2).")] = None,
@@ -37,7 +39,8 @@ def serve(
     warmup: Annotated[bool | None, typer.Option("--warmup/--no-warmup", help="Warm the model up before ready.")] = None,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level (default info).")] = None,
 ):
-    """Serve a model over HTTP: Cohere /v1/rerank and /v2/rerank, TEI /rerank, /health, /ready, /metrics, /docs."""
+    """Serve a model over HTTP: Cohere /v1/rerank and /v2/rerank, TEI /rerank, /health, /ready, /metrics, /docs
+    (and /search with --cascade)."""
     given = dict(locals())  # the flags, before anything else is defined here
     try:
         import uvicorn

@@ -30,6 +30,10 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_pairs = Gauge("reranker_queue_pairs", "Pairs waiting for the model (queue depth)", registry=r)
         self.rejected = Counter("reranker_rejected", "Requests refused before scoring", ["reason"], registry=r)
+        self.search_candidates = Counter("reranker_search_candidates", "Candidates through each stage of /search",
+                                         ["stage"], registry=r)
+        self.search_seconds = Histogram("reranker_search_stage_duration_seconds", "Time in each stage of /search", ["stage"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("reranker_ready", "1 when the model is loaded and warmed up", registry=r)
 
     def observe_batch(self, pairs: int, tokens: int, seconds: float, waits: list[float]) -> None:

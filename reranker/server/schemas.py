@@ -8,7 +8,7 @@ are accepted and ignored, as those APIs ignore unknown fields.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
@@ -116,7 +116,58 @@ class Health(BaseModel):
     model: str | None = None
     backend: str | None = None
     kind: str | None = None
+    cascade: str | None = Field(None, description="The cascade config behind /search, when the server has one.")
     detail: str | None = None
+
+
+# --- the cascade: POST /search ------------------------------------------------------------------
+
+
+class SearchRequest(BaseModel):
+    """``POST /search``: the server's corpus searched by its cascade (``reranker serve --cascade``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: StrictStr = Field(min_length=1, description="The search query (not empty).")
+    top_n: StrictInt = Field(10, ge=1, description="Return the best top_n (capped at the student's depth).")
+    return_documents: StrictBool = Field(False, description="Include each document's text (and title).")
+
+    @field_validator("query")
+    @classmethod
+    def _query_nonblank(cls, value: str) -> str:
+        return _nonblank(value)
+
+
+class SearchDocument(BaseModel):
+    text: str
+    title: str | None = None
+
+
+class SearchResult(BaseModel):
+    doc_id: str = Field(description="The document's (or passage's) id in the corpus.")
+    rank: int = Field(ge=1, description="1 for the best.")
+    stage: Literal["teacher", "student"] = Field(description="The stage whose score orders this result.")
+    relevance_score: float = Field(ge=0, le=1, description="The teacher's probability (teacher stage) or the sigmoid of the student's raw score.")
+    raw_score: float = Field(description="The stage's raw score.")
+    document: SearchDocument | None = Field(None, description="The document, when return_documents is true.")
+
+
+class SearchTimings(BaseModel):
+    first_stage: float
+    student: float
+    teacher: float
+
+
+class SearchMeta(BaseModel):
+    first_stage: str
+    student_top_k: int
+    teacher_top_k: int
+    timings_ms: SearchTimings
+
+
+class SearchResponse(BaseModel):
+    id: str = Field(description="A unique id of this response.")
+    results: list[SearchResult] = Field(description="Documents, most relevant first: the teacher's picks, then the student's order.")
+    meta: SearchMeta
 
 
 def error_body(message: str, error_type: str) -> dict[str, Any]:

@@ -26,6 +26,9 @@ class ServerSettings(BaseSettings):
         "activations per batch, so its scores move slightly with batching; fp32 scores do not.")
     model_name: str | None = Field(None, description="Name reported by the API (default: the model folder's name).")
     warmup: bool = Field(True, description="Score a few pairs before reporting ready.")
+    cascade: str | None = Field(
+        None, description="Cascade config (YAML/JSON, e.g. a pipeline run's cascade.yaml): serve POST /search, first stage -> "
+        "this student -> teacher over its corpus, loaded before ready.")
 
     # --- HTTP -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
