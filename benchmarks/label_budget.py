@@ -33,6 +33,12 @@ from reranker.io.trec import read_run, write_run
 from reranker.records import Qrels
 
 
+def _point(w: Path, tag: str, budget: int, select: str, qrels: Qrels) -> dict:
+    score = evaluate(qrels, read_run(w / f"{tag}.trec"), ["ndcg@10"])
+    n_pairs = sum(len(json.loads(line)["candidates"]) for line in (w / f"{tag}.jsonl").read_text().splitlines())
+    return {"budget": budget, "labelled_pairs": n_pairs, "selected_with": select, "ndcg@10": next(iter(score.values()))["ndcg@10"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--test-queries", type=int, default=0, help="test queries to evaluate on (0: all 300)")
     ap.add_argument("--rerank-k", type=int, default=20)
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps per distillation")
+    ap.add_argument("--max-length", type=int, default=256, help="student's max tokens per pair (training and scoring)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -86,6 +93,11 @@ def main() -> None:
         for budget in budgets:
             tag = f"{strategy}-{budget}"
             select = strategy if (student is not None or strategy in ("random", "diversity")) else "random"
+            out = w / tag
+            if (w / f"{tag}.trec").exists():  # resume: this point was finished by an earlier run
+                student, labelled = out / "model", budget
+                curve[strategy].append(_point(w, tag, budget, select, qrels))
+                continue
             cmd = [EXE, "-q", "label", scifact, "--split", "train", "--queries", topics, "--candidates", pool, "--store", store,
                    "--teacher", args.teacher, "--budget", budget - labelled, "--select", select, "--seed", args.seed,
                    "--export", w / f"{tag}.jsonl"]
@@ -93,21 +105,17 @@ def main() -> None:
                 cmd += ["--student", student]
             sh(cmd, t, f"label {budget - labelled} pairs ({select}) -> {budget}")
             labelled = budget
-            out = w / tag
             sh([EXE, "-q", "distill", "--train", w / f"{tag}.jsonl", "--output-dir", out, "--student", "cross-encoder",
                 "--max-steps", args.steps, "--group-size", 8, "--batch-queries", 4, "--lr", 1e-4, "--head-lr", 1e-3,
-                "--max-length", 256, "--seed", args.seed, "--resume", "false", "--teacher", args.teacher], t, f"distil ({tag})")
+                "--max-length", args.max_length, "--seed", args.seed, "--resume", "false", "--teacher", args.teacher], t, f"distil ({tag})")
             student = out / "model"
             sh([EXE, "-q", "rerank", scifact, "--model", student, "--run", first, "--top-k", args.rerank_k,
                 "--out", w / f"{tag}.trec"], t, f"re-rank test ({tag})")
-            score = evaluate(qrels, read_run(w / f"{tag}.trec"), ["ndcg@10"])
-            n_pairs = sum(len(json.loads(line)["candidates"]) for line in (w / f"{tag}.jsonl").read_text().splitlines())
-            curve[strategy].append({"budget": budget, "labelled_pairs": n_pairs, "selected_with": select,
-                                    "ndcg@10": next(iter(score.values()))["ndcg@10"]})
+            curve[strategy].append(_point(w, tag, budget, select, qrels))
             print(json.dumps({strategy: curve[strategy][-1]}), file=sys.stderr, flush=True)
 
     result = {"budgets": budgets, "strategies": strategies, "teacher": args.teacher, "pool_queries": len(qids), "depth": args.depth,
-              "test_queries": len(test_ids), "rerank_k": args.rerank_k, "steps": args.steps,
+              "test_queries": len(test_ids), "rerank_k": args.rerank_k, "steps": args.steps, "max_length": args.max_length,
               "bm25_ndcg@10": next(iter(bm25.values()))["ndcg@10"], "curve": curve, "timings": t,
               "environment": environment("numpy", "torch", "transformers")}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +125,7 @@ def main() -> None:
              (f"Student nDCG@10 re-ranking bm25s's top {args.rerank_k} on {len(test_ids)} SciFact test queries (bm25s alone: "
              f"{result['bm25_ndcg@10']:.4f}), against the number of pairs the `{args.teacher}` teacher labelled from a pool of "
              f"bm25s top {args.depth} for {len(qids)} train queries; each point is a fresh cross-encoder student "
-             f"(MiniLM-L6, {args.steps} steps)."), "", head, "|---|" + "---:|" * len(budgets)]
+             f"(MiniLM-L6, {args.steps} steps of 4 queries x 8 candidates, max length {args.max_length})."), "", head, "|---|" + "---:|" * len(budgets)]
     lines += [f"| {s} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in curve[s]) + " |" for s in strategies]
     lines += ["", "## Commands", "", *timing_table(t, w)]
     (args.out / "label_budget.md").write_text("\n".join(lines) + "\n")
