@@ -2,10 +2,11 @@
 
 For each student kind (the cross-encoder and the T5 student of ``distill_scifact.py``):
 
-1. ``reranker export`` (optimised fp32 + int8, parity-checked) into the work folder;
+1. ``reranker export`` (optimised fp32 + int8, parity-checked) into the work folder, and again with
+   ``--int8-method weight-only``;
 2. BM25 (bm25s) top 100 for the SciFact test queries, ``--queries`` of them sampled (seed 0);
 3. each configuration re-scores the same pairs in a fresh subprocess (so its peak memory is its
-   own): PyTorch fp32 (``student.models``), ONNX fp32 and ONNX int8 (``reranker.onnx_runtime``),
+   own): PyTorch fp32 (``student.models``), ONNX fp32, int8 dynamic and int8 weight-only (``reranker.onnx_runtime``),
    and, on the cross-encoder's weights, sentence-transformers' own ``CrossEncoder`` with its
    torch backend and its ONNX backend (which needs optimum, and optimum needs transformers < 4.58: with
    ``--st-python PATH``, or env ``ST_ONNX_PYTHON``, that row exports and scores under that interpreter, a side
@@ -21,6 +22,7 @@ Usage: ``python benchmarks/onnx_speed.py [--queries 30] [--ce DIR] [--t5 DIR] [-
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -154,6 +156,8 @@ def main() -> None:
     students = {"cross-encoder": args.ce, "t5": args.t5}
     for kind, folder in students.items():
         sh([EXE, "-q", "export", folder, w / kind, "--precision", "fp32,int8"], t, f"export the {kind} student (fp32 + int8, parity check)")
+        sh([EXE, "-q", "export", folder, w / f"{kind}-wo", "--precision", "fp32,int8", "--int8-method", "weight-only"], t,
+           f"export the {kind} student (fp32 + weight-only int8, parity check)")
     sh([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries")
 
     ds = load_dataset(scifact, split="test")
@@ -174,7 +178,8 @@ def main() -> None:
         configs += [
             (f"{kind} · PyTorch fp32", kind, "torch-fp32", folder, [folder / "model.safetensors"]),
             (f"{kind} · ONNX fp32", kind, "onnx-fp32", w / kind, [w / kind / manifest.models["fp32"].file]),
-            (f"{kind} · ONNX int8", kind, "onnx-int8", w / kind, [w / kind / manifest.models["int8"].file]),
+            (f"{kind} · ONNX int8 (dynamic)", kind, "onnx-int8", w / kind, [w / kind / manifest.models["int8"].file]),
+            (f"{kind} · ONNX int8 (weight-only)", kind, "onnxwo-int8", w / f"{kind}-wo", [w / f"{kind}-wo" / "model.int8.onnx"]),
         ]
     configs += [
         ("cross-encoder · sentence-transformers CrossEncoder (torch)", "cross-encoder", "st-torch", args.ce, [args.ce / "model.safetensors"]),
@@ -234,14 +239,14 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
     load = os.getloadavg()
     by = {(r["kind"], r["worker"]): r for r in results}
     targets = []
-    for kind in ("cross-encoder", "t5"):
-        base, int8 = by.get((kind, "torch-fp32"), {}), by.get((kind, "onnx-int8"), {})
+    for kind, (method, worker) in itertools.product(("cross-encoder", "t5"), (("dynamic", "onnx-int8"), ("weight-only", "onnxwo-int8"))):
+        base, int8 = by.get((kind, "torch-fp32"), {}), by.get((kind, worker), {})
         fp32 = by.get((kind, "onnx-fp32"), {})
         if "pairs_per_s" in base and "pairs_per_s" in int8:
             speed = int8["pairs_per_s"] / base["pairs_per_s"]
             dn = int8["ndcg10"] - base["ndcg10"]
             ratio = int8["size_mb"] / fp32["size_mb"]
-            targets.append({"kind": kind, "int8_speedup": round(speed, 2), "speed_met": speed >= 2, "ndcg_delta": round(dn, 4),
+            targets.append({"kind": kind, "method": method, "int8_speedup": round(speed, 2), "speed_met": speed >= 2, "ndcg_delta": round(dn, 4),
                             "ndcg_met": abs(dn) <= 0.005, "size_ratio": round(ratio, 3), "size_met": ratio <= 1 / 3,
                             "size_ratio_vs_checkpoint": round(int8["size_mb"] / base["size_mb"], 3),
                             "onnx_fp32_speedup": round(fp32["pairs_per_s"] / base["pairs_per_s"], 2)})
@@ -274,12 +279,12 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
         else:
             md.append(f"| {r['config']} | {r['pairs_per_s']} | {r['ndcg10']:.4f} | {fmt(r['size_mb'])} | {r['peak_rss_mb']} | {r['load_s']} |")
     md += ["", "## Targets (ONNX int8 against PyTorch fp32)", "",
-           ("| student | int8 speed-up (target >= 2x) | nDCG@10 change (target within 0.005) | int8 size / ONNX fp32 size (target <= 1/3) "
+           ("| student | int8 method | int8 speed-up (target >= 2x) | nDCG@10 change (target within 0.005) | int8 size / ONNX fp32 size (target <= 1/3) "
            "| int8 size / PyTorch checkpoint | ONNX fp32 speed-up |"),
-           "|---|---:|---:|---:|---:|---:|"]
+           "|---|---|---:|---:|---:|---:|---:|"]
     ok = lambda b: "met" if b else "**not met**"
     for g in targets:
-        md.append(f"| {g['kind']} | {g['int8_speedup']}x ({ok(g['speed_met'])}) | {g['ndcg_delta']:+.4f} ({ok(g['ndcg_met'])}) | "
+        md.append(f"| {g['kind']} | {g['method']} | {g['int8_speedup']}x ({ok(g['speed_met'])}) | {g['ndcg_delta']:+.4f} ({ok(g['ndcg_met'])}) | "
                   f"{g['size_ratio']:.3f} ({ok(g['size_met'])}) | {g['size_ratio_vs_checkpoint']:.3f} | {g['onnx_fp32_speedup']}x |")
     st = by.get(("cross-encoder", "st-onnx"), {})
     if "error" in st:

@@ -125,6 +125,27 @@ def test_int8_is_smaller_and_ranks_close(exported, kind):
     assert m.models["int8"].parity.top10_agreement >= 0.5
 
 
+def test_weight_only_int8_is_closer_than_dynamic_and_smaller(exported, kind, sample, tmp_path):
+    """int8 weights with fp32 activations: MatMulNBits in the graph, smaller file, scores closer to PyTorch than dynamic int8."""
+    import onnx
+
+    student, src, dynamic_folder = exported[kind]
+    m = export_student(src, tmp_path / "wo", ["fp32", "int8"], parity=sample, int8_method="weight-only",
+                       tolerances={"int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.5)})
+    entry = m.models["int8"]
+    assert "weight-only" in " ".join(entry.notes)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "wo" / entry.file)).graph.node}
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops
+    assert entry.bytes < m.models["fp32"].bytes
+    pairs = PAIRS + MORE
+    ref = student.score(pairs)
+    weight_only = np.abs(load_onnx(tmp_path / "wo", precision="int8").score(pairs) - ref).mean()
+    dynamic = np.abs(load_onnx(dynamic_folder, precision="int8").score(pairs) - ref).mean()
+    assert 0 < weight_only < dynamic
+    with pytest.raises(RerankerError, match="unknown int8 method"):
+        export_student(src, tmp_path / "bad", ["fp32", "int8"], parity=sample, int8_method="static")
+
+
 def test_fp16_for_cross_encoders_only(exported, tmp_path):
     student, _, folder = exported["cross-encoder"]
     fp16 = load_onnx(folder, precision="fp16")

@@ -69,6 +69,8 @@ class ExportSection(Section):
     enabled: bool = True
     precisions: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
     serve: Literal["fp32", "int8", "fp16"] = Field("int8", description="The precision that evaluation and `serve` use.")
+    int8_method: Literal["dynamic", "weight-only"] = Field(
+        "dynamic", description="dynamic: int8 weights and activations (fastest on CPU); weight-only: int8 weights, fp32 activations.")
 
 
 class CascadeSection(Section):

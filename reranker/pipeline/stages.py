@@ -195,7 +195,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     from student.export import export_student
 
     e = ctx.config.export
-    manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions)
+    manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions, int8_method=e.int8_method)
     return {name: {"bytes": m.bytes, "optimized": m.optimized, "parity": m.parity.model_dump() if m.parity else None}
             for name, m in manifest.models.items()}
 
