@@ -92,7 +92,7 @@ def main() -> None:
         curve[strategy] = []
         for budget in budgets:
             tag = f"{strategy}-{budget}"
-            select = strategy if (student is not None or strategy in ("random", "diversity")) else "random"
+            select = strategy if (student is not None or strategy not in ("uncertainty", "disagreement")) else "random"
             out = w / tag
             if (w / f"{tag}.trec").exists():  # resume: this point was finished by an earlier run
                 student, labelled = out / "model", budget

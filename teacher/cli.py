@@ -57,7 +57,7 @@ def label(
     run_out: Annotated[Path | None, typer.Option(help="Write the teacher's scores as a TREC run (the teacher as a re-ranker).")] = None,
     split: Annotated[str, typer.Option(help="BEIR split.")] = "test",
     budget: Annotated[int | None, typer.Option(help="Send at most this many new pairs to the teacher (chosen by --select).")] = None,
-    select: Annotated[str, typer.Option(help="With --budget: random, uncertainty, disagreement (need --student) or diversity.")] = "random",
+    select: Annotated[str, typer.Option(help="With --budget: random, uncertainty, disagreement (need --student), diversity or top-rank.")] = "random",
     student: Annotated[Path | None, typer.Option(help="Current student (model folder) for uncertainty / disagreement selection.")] = None,
     query_encoder: Annotated[str, typer.Option(help="Query embeddings for diversity: auto, minilm or tfidf.")] = "auto",
 ):

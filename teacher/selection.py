@@ -11,7 +11,10 @@ next-best pair by the same priority along. Strategies:
 - ``disagreement``: pairs whose student rank differs most from their first-stage rank;
 - ``diversity``: queries clustered by their embeddings (k-means), visited round-robin across
   clusters; each visit takes the query's top first-stage pairs (``min_per_query`` of them),
-  then the next depth for every query, and so on.
+  then the next depth for every query, and so on;
+- ``top-rank``: the same depth-first walk with the queries in a seeded random order, no
+  clusters: the ablation that tells the clusters' share of ``diversity`` from the share of
+  taking every query's top first-stage pairs first.
 
 Pairs in ``exclude`` (already labelled) are never chosen again, so rounds of
 label -> distil -> select spend each round's budget on new pairs only.
@@ -30,7 +33,7 @@ from reranker.records import Run
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "uncertainty", "disagreement", "diversity")
+STRATEGIES = ("random", "uncertainty", "disagreement", "diversity", "top-rank")
 Key = tuple[str, str]
 
 
@@ -76,6 +79,10 @@ def priority_order(
                 student_rank[qid, hit.doc_id] = r
         gap = {k: abs(student_rank[k] - rank) for k, rank, _ in pairs}
         return sorted(gap, key=lambda k: (-gap[k], rng.random()))
+    if strategy == "top-rank":
+        visit = sorted({k[0] for k, _, _ in pairs})
+        rng.shuffle(visit)
+        return _depth_first(pairs, visit, min_per_query)
     if strategy == "diversity":
         if embeddings is None:
             raise RerankerError("selection strategy 'diversity' needs query embeddings")
@@ -90,10 +97,15 @@ def priority_order(
         while any(depth < len(m) for m in clusters.values()):
             visit += [m[depth] for _, m in sorted(clusters.items()) if depth < len(m)]
             depth += 1
-        position = {q: i for i, q in enumerate(visit)}
-        step = max(1, min_per_query)
-        return [k for k, rank, _ in sorted(pairs, key=lambda p: (p[1] // step, position[p[0][0]], p[1]))]
+        return _depth_first(pairs, visit, min_per_query)
     raise RerankerError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _depth_first(pairs: list[tuple[Key, int, float]], visit: Sequence[str], min_per_query: int) -> list[Key]:
+    """Every query's top ``min_per_query`` first-stage pairs in ``visit`` order, then the next depth, and so on."""
+    position = {q: i for i, q in enumerate(visit)}
+    step = max(1, min_per_query)
+    return [k for k, rank, _ in sorted(pairs, key=lambda p: (p[1] // step, position[p[0][0]], p[1]))]
 
 
 def take_budget(order: Sequence[Key], budget: int, min_per_query: int = 2, already: Mapping[str, int] | None = None) -> list[Key]:

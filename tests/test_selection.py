@@ -82,6 +82,16 @@ def test_disagreement_picks_pairs_the_student_moves_most():
     assert sel.to_dict() == {"q00": {"d00-0": 4.0, "d00-3": 1.0}}  # rank 0 <-> 3: the largest moves
 
 
+def test_top_rank_takes_every_querys_top_pairs_before_any_deeper_pair():
+    cands = candidates(5, 6)
+    sel = select_pairs(cands, 10, "top-rank", seed=0)
+    assert len(sel) == 5 and all(set(sel[q]) == {f"{q.replace('q', 'd')}-0", f"{q.replace('q', 'd')}-1"} for q in sel)
+    deeper = select_pairs(cands, 4, "top-rank", seed=0, exclude={(q, d) for q in sel for d in sel[q]})
+    assert {d[-1] for q in deeper for d in deeper[q]} == {"2", "3"}  # the next depth, two queries' worth
+    opened = [sorted(select_pairs(cands, 4, "top-rank", seed=s)) for s in range(6)]
+    assert len({tuple(o) for o in opened}) > 1  # which queries come first is the seed's random order
+
+
 def test_diversity_covers_every_cluster_first():
     cands = candidates(12, 4)
     # three well separated clusters of 2, 4 and 6 queries
