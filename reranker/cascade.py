@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,18 +57,20 @@ class CascadeConfig(BaseModel):
     def _known_retriever(cls, value: str) -> str:
         from .retrieval import BACKENDS
 
-        if value not in BACKENDS:
-            raise ValueError(f"unknown retrieval backend {value!r}; choose one of: {', '.join(BACKENDS)}")
-        return value
+        return _registered(value, BACKENDS, "retrieval backend")
 
     @field_validator("teacher")
     @classmethod
     def _known_teacher(cls, value: str) -> str:
         from teacher.base import TEACHERS
 
-        if value not in TEACHERS:
-            raise ValueError(f"unknown teacher {value!r}; choose one of: {', '.join(TEACHERS)}")
-        return value
+        return _registered(value, TEACHERS, "teacher")
+
+
+def _registered(value: str, names: Collection[str], what: str) -> str:
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(names)}")
+    return value
 
 
 def load_cascade_config(path: str | Path) -> CascadeConfig:
