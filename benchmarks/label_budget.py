@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def _point(w: Path, tag: str, budget: int, select: str, qrels: Qrels) -> dict:
     score = evaluate(qrels, read_run(w / f"{tag}.trec"), ["ndcg@10"])
     n_pairs = sum(len(json.loads(line)["candidates"]) for line in (w / f"{tag}.jsonl").read_text().splitlines())
     return {"budget": budget, "labelled_pairs": n_pairs, "selected_with": select, "ndcg@10": next(iter(score.values()))["ndcg@10"]}
+
+
+def plot(result: dict, path: Path) -> None:
+    """nDCG@10 against labelled pairs (log scale), a line per strategy, BM25 as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for strategy, points in result["curve"].items():
+        ax.plot([p["labelled_pairs"] for p in points], [p["ndcg@10"] for p in points], marker="o", label=strategy)
+    ax.axhline(result["bm25_ndcg@10"], color="grey", linestyle="--", label="bm25s (first stage)")
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher-labelled pairs")
+    ax.set_ylabel(f"student nDCG@10 (SciFact test, {result['test_queries']} q)")
+    ax.set_title("Label budget: which pairs the teacher labels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -61,7 +84,8 @@ def main() -> None:
     scifact = args.shared / "datasets" / "beir" / "scifact.zip"
     budgets = sorted(int(b) for b in args.budgets.split(","))
     strategies = args.strategies.split(",")
-    t: list[dict] = []
+    log = w / "timings.json"  # the commands of every run over this work folder, so a resumed run reports them all
+    t: list[dict] = json.loads(log.read_text()) if log.exists() else []
 
     train = load_dataset(scifact, split="train")
     qids = sorted(train.queries)
@@ -112,22 +136,25 @@ def main() -> None:
             sh([EXE, "-q", "rerank", scifact, "--model", student, "--run", first, "--top-k", args.rerank_k,
                 "--out", w / f"{tag}.trec"], t, f"re-rank test ({tag})")
             curve[strategy].append(_point(w, tag, budget, select, qrels))
+            log.write_text(json.dumps(t, indent=1))
             print(json.dumps({strategy: curve[strategy][-1]}), file=sys.stderr, flush=True)
 
-    result = {"budgets": budgets, "strategies": strategies, "teacher": args.teacher, "pool_queries": len(qids), "depth": args.depth,
+    command = "python benchmarks/label_budget.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = {"command": command, "budgets": budgets, "strategies": strategies, "teacher": args.teacher, "pool_queries": len(qids), "depth": args.depth,
               "test_queries": len(test_ids), "rerank_k": args.rerank_k, "steps": args.steps, "max_length": args.max_length,
               "bm25_ndcg@10": next(iter(bm25.values()))["ndcg@10"], "curve": curve, "timings": t,
               "environment": environment("numpy", "torch", "transformers")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "label_budget.json").write_text(json.dumps(result, indent=2) + "\n")
     head = "| strategy | " + " | ".join(f"{b} pairs" for b in budgets) + " |"
-    lines = ["# Label-budget curve on SciFact", "",
+    lines = ["# Label-budget curve on SciFact", "", f"Made by `{result['command']}`.", "",
              (f"Student nDCG@10 re-ranking bm25s's top {args.rerank_k} on {len(test_ids)} SciFact test queries (bm25s alone: "
              f"{result['bm25_ndcg@10']:.4f}), against the number of pairs the `{args.teacher}` teacher labelled from a pool of "
              f"bm25s top {args.depth} for {len(qids)} train queries; each point is a fresh cross-encoder student "
              f"(MiniLM-L6, {args.steps} steps of 4 queries x 8 candidates, max length {args.max_length})."), "", head, "|---|" + "---:|" * len(budgets)]
     lines += [f"| {s} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in curve[s]) + " |" for s in strategies]
-    lines += ["", "## Commands", "", *timing_table(t, w)]
+    lines += ["", "![nDCG@10 against teacher-labelled pairs](label_budget.png)", "", "## Commands", "", *timing_table(t, w)]
+    plot(result, args.out / "label_budget.png")
     (args.out / "label_budget.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
