@@ -111,6 +111,12 @@ def main() -> None:
     md += ["", "## Cost (per hour of this CPU; `teachers.md`, `distill_scifact.md`)", "", "![cost](cost.png)", "",
            "| what | per hour | unit |", "|---|---:|---|"]
     md += [f"| {n} | {v:,.0f} | {u} |" for n, v, u in rows_c]
+    budget = load("label_budget")
+    if budget:
+        md += ["", "## Label budget (student nDCG@10 against teacher-labelled pairs; `label_budget.md`)", "",
+               "![label budget](label_budget.png)", "", "| strategy | " + " | ".join(f"{b} pairs" for b in budget["budgets"]) + " |",
+               "|---|" + "---:|" * len(budget["budgets"])]
+        md += [f"| {name} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in points) + " |" for name, points in budget["curve"].items()]
     md += ["", "Timings were taken with other jobs sharing the 2 cores where the linked pages say so; they are lower bounds."]
     (RESULTS / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
