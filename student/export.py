@@ -143,7 +143,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         models["fp32"] = fp32
         base = work / fp32.file
         if "int8" in precisions and int8_method == "weight-only":
-            models["int8"] = _fail_unless(check("int8", _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize), optimize,
+            quantized, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
+            models["int8"] = _fail_unless(check("int8", quantized, fused,
                                                 [f"weight-only int8: MatMulNBits (8 bits, blocks of {WEIGHT_ONLY_BLOCK}), "
                                                  "int8 embeddings, fp32 activations"]), "int8")
         elif "int8" in precisions:
@@ -260,8 +261,10 @@ def _quantize(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) -> Path:
-    """int8 weights, fp32 activations: MatMulNBits for every MatMul with constant weights, int8 Gather for embeddings."""
+def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) -> tuple[Path, bool]:
+    """int8 weights, fp32 activations: MatMulNBits for every MatMul with constant weights, int8 Gather for embeddings.
+
+    Returns the file and whether the optimiser's fusions are in it."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -269,11 +272,10 @@ def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) ->
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     except ImportError as exc:  # it needs onnx_ir (the cpu/gpu extras install it)
         raise MissingDependencyError("reranker export --int8-method weight-only", "cpu", exc) from exc
-    model = onnx.load(str(raw))
+    model, fused = onnx.load(str(raw)), False
     if optimize:
         try:
-            model = _optimize(student, raw, dst.with_suffix(".fused.onnx"), weight_only=True)
-            model = onnx.load(str(model))
+            model, fused = onnx.load(str(_optimize(student, raw, dst.with_suffix(".fused.onnx"), weight_only=True))), True
         except Exception as exc:  # noqa: BLE001 (pattern matchers raise anything)
             log.warning("optimiser failed for weight-only int8 (%s); quantising the plain graph", exc)
     logging.getLogger("root").setLevel(logging.ERROR)
@@ -288,7 +290,7 @@ def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) ->
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     for leftover in (blocked, dst.with_suffix(".fused.onnx")):
         leftover.unlink(missing_ok=True)
-    return dst
+    return dst, fused
 
 
 def _to_fp16(src: Path, dst: Path) -> Path:
