@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
 def _nonblank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
+
+
+#: The query of every request: a string (no coercion) with something besides whitespace.
+QueryText = Annotated[StrictStr, Field(min_length=1, description="The search query (not empty)."), AfterValidator(_nonblank)]
 
 
 class TextDocument(BaseModel):
@@ -33,18 +37,13 @@ class CohereRerankRequest(BaseModel):
     """Cohere's rerank request (``/v1/rerank`` and ``/v2/rerank``)."""
 
     model: StrictStr | None = Field(None, description="Accepted for compatibility; the server serves one model.")
-    query: StrictStr = Field(description="The search query (not empty).", min_length=1)
+    query: QueryText
     documents: list[DocumentInput] = Field(min_length=1, description="Documents to rank against the query.")
     top_n: StrictInt | None = Field(None, ge=1, description="Return the best top_n (all when absent; capped at the number of documents).")
     return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
     max_tokens_per_doc: StrictInt | None = Field(None, ge=1, description="Cut each document to this many tokens first.")
     return_raw_scores: StrictBool = Field(
         False, description="Extension (not in Cohere's API): also return the model's raw score (log-odds or logit) as raw_score.")
-
-    @field_validator("query")
-    @classmethod
-    def _query_nonblank(cls, value: str) -> str:
-        return _nonblank(value)
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -84,17 +83,13 @@ class CohereRerankResponse(BaseModel):
 class TEIRerankRequest(BaseModel):
     """text-embeddings-inference's ``POST /rerank`` request."""
 
-    query: StrictStr = Field(min_length=1, description="The search query (not empty).")
+    query: QueryText
     texts: list[StrictStr] = Field(min_length=1, description="Documents to rank against the query.")
     raw_scores: StrictBool = Field(False, description="Return the model's raw scores instead of sigmoid scores in [0, 1].")
     return_text: StrictBool = Field(False, description="Include each text in the results.")
     truncate: StrictBool | None = Field(
         None, description="Accepted for compatibility: long texts are always cut (or windowed) to the model's length, as the server is set.")
 
-    @field_validator("query")
-    @classmethod
-    def _query_nonblank(cls, value: str) -> str:
-        return _nonblank(value)
 
 
 class TEIRank(BaseModel):
@@ -127,14 +122,10 @@ class SearchRequest(BaseModel):
     """``POST /search``: the server's corpus searched by its cascade (``reranker serve --cascade``)."""
 
     model_config = ConfigDict(extra="forbid")
-    query: StrictStr = Field(min_length=1, description="The search query (not empty).")
+    query: QueryText
     top_n: StrictInt = Field(10, ge=1, description="Return the best top_n (capped at the student's depth).")
     return_documents: StrictBool = Field(False, description="Include each document's text (and title).")
 
-    @field_validator("query")
-    @classmethod
-    def _query_nonblank(cls, value: str) -> str:
-        return _nonblank(value)
 
 
 class SearchDocument(BaseModel):
