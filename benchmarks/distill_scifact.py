@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--ce-epochs", type=float, default=1.0)
     ap.add_argument("--t5-epochs", type=float, default=3.0)
+    ap.add_argument("--ce-stop-after", type=int, default=None,
+                    help="End the cross-encoder's training at this step of its schedule (a time-boxed run: the schedule stays that of --ce-epochs).")
     ap.add_argument("--reuse", action="store_true", help="Skip steps whose outputs are already in --work (a stopped run goes on).")
     args = ap.parse_args()
     w = args.work
@@ -70,8 +72,10 @@ def main() -> None:
     (w / "train.jsonl").write_text("\n".join(lines[n_dev:]) + "\n")
     common = ["--train", w / "train.jsonl", "--dev", w / "dev.jsonl", "--group-size", 8, "--batch-queries", 4,
               "--teacher", "ensemble (bm25 + all-MiniLM-L6-v2)", "--resume", "false"]
+    stop = ["--stop-after", args.ce_stop_after] if args.ce_stop_after else []
     step([EXE, "-q", "distill", *common, "--output-dir", w / "ce", "--student", "cross-encoder", "--max-length", 256,
-        "--epochs", args.ce_epochs, "--lr", 1e-4, "--head-lr", 1e-3, "--eval-every", 50], t, "distil the cross-encoder student (MiniLM-L6)", w / "ce" / "summary.json")
+        "--epochs", args.ce_epochs, "--lr", 1e-4, "--head-lr", 1e-3, "--eval-every", 50, *stop], t,
+        "distil the cross-encoder student (MiniLM-L6)" + (f", stopped after step {args.ce_stop_after}" if stop else ""), w / "ce" / "summary.json")
     step([EXE, "-q", "distill", *common, "--output-dir", w / "t5", "--student", "t5", "--tokenizer", t5_tok,
         "--model-config-overrides", json.dumps(T5_SMALL), "--max-length", 256, "--epochs", args.t5_epochs, "--lr", 1e-3,
         "--eval-every", 100], t, "distil the T5 student (random init, d_model 256)", w / "t5" / "summary.json")
@@ -99,7 +103,7 @@ def main() -> None:
         "# Distillation on SciFact without human labels",
         "",
         (f"Made by `python benchmarks/distill_scifact.py --passages {args.passages} --depth {args.depth} --ce-epochs {args.ce_epochs} "
-        f"--t5-epochs {args.t5_epochs}` on {time.strftime('%Y-%m-%d')}, on this project's {env['cores']}-core CPU machine "
+        f"--t5-epochs {args.t5_epochs}{f' --ce-stop-after {args.ce_stop_after}' if args.ce_stop_after else ''}` on {time.strftime('%Y-%m-%d')}, on this project's {env['cores']}-core CPU machine "
         f"(torch {env['torch']}, transformers {env['transformers']})."),
         "",
         (f"Training data: {gen['candidates']} extractive synthetic queries for {args.passages} sampled SciFact passages, "
@@ -114,8 +118,8 @@ def main() -> None:
         "",
         "| student | before training | best | steps (best) | training s |",
         "|---|---:|---:|---:|---:|",
-        f"| cross-encoder (MiniLM-L6 backbone) | {agree(ce, 'initial_metrics'):.4f} | {agree(ce, 'best_metrics'):.4f} | {ce['steps']} ({ce['best_step']}) | {ce['seconds']:.0f} |",
-        f"| T5 (random init, d_model 256) | {agree(t5, 'initial_metrics'):.4f} | {agree(t5, 'best_metrics'):.4f} | {t5['steps']} ({t5['best_step']}) | {t5['seconds']:.0f} |",
+        f"| cross-encoder (MiniLM-L6 backbone) | {agree(ce, 'initial_metrics'):.4f} | {agree(ce, 'best_metrics'):.4f} | {ce['steps']} of {ce.get('total_steps', ce['steps'])} ({ce['best_step']}) | {ce['seconds']:.0f} |",
+        f"| T5 (random init, d_model 256) | {agree(t5, 'initial_metrics'):.4f} | {agree(t5, 'best_metrics'):.4f} | {t5['steps']} of {t5.get('total_steps', t5['steps'])} ({t5['best_step']}) | {t5['seconds']:.0f} |",
         "",
         "## Commands and wall time",
         "",

@@ -60,7 +60,8 @@ LOAD_DEPENDENT = {"server_load": re.compile(r"^(levels|offline|rss)\b(?!.*(error
 
 
 def compare(old: dict, new: dict, atol: float, name: str = "") -> tuple[list[dict], list[dict]]:
-    """(quality rows, timing rows): each ``{key, old, new, ok}``."""
+    """(quality rows, timing rows): each ``{key, old, new, ok}``; a figure missing from the new run fails, one only
+    the new run has is marked ``added`` and not judged."""
     a, b = leaves(old), leaves(new)
     quality, timing = [], []
     load_dependent = LOAD_DEPENDENT.get(name)
@@ -71,7 +72,10 @@ def compare(old: dict, new: dict, atol: float, name: str = "") -> tuple[list[dic
         if TIMING.search(key) or (load_dependent is not None and load_dependent.search(key)):
             timing.append({"key": key, "old": x, "new": y})
             continue
-        ok = x is not None and y is not None and (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y)))
+        if x is None:  # a figure the committed result did not have (a newer script reports more): shown, not judged
+            quality.append({"key": key, "old": x, "new": y, "ok": True, "added": True})
+            continue
+        ok = y is not None and (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y)))
         quality.append({"key": key, "old": x, "new": y, "ok": ok})
     return quality, timing
 
@@ -110,15 +114,17 @@ def main() -> None:
         new = json.loads((RESULTS / f"{name}.json").read_text())
         quality, timing = compare(old, new, args.atol, name)
         bad = [q for q in quality if not q["ok"]]
+        added = [q for q in quality if q.get("added")]
         failed += [f"{name}: {q['key']}" for q in bad]
         lines = [f"## {name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
                  f"Reference: `benchmarks/results/{name}.json` at {args.ref}; new run: `{command}`"
                  + (f" ({seconds:.0f} s)" if seconds is not None else "") + ".", "",
-                 f"{len(quality) - len(bad)} of {len(quality)} quality figures within {args.atol}"
-                 + (f"; **moved**: {', '.join(q['key'] for q in bad[:20])}" if bad else "") + ".", ""]
+                 f"{len(quality) - len(bad) - len(added)} of {len(quality) - len(added)} quality figures within {args.atol}"
+                 + (f"; **moved**: {', '.join(q['key'] for q in bad[:20])}" if bad else "")
+                 + (f"; {len(added)} new figures not in the committed result (not judged)" if added else "") + ".", ""]
         if quality:
             lines += ["| figure | committed | new | |", "|---|---:|---:|---|"]
-            lines += [f"| {q['key']} | {fmt(q['old'])} | {fmt(q['new'])} | {'ok' if q['ok'] else '**moved**'} |" for q in quality]
+            lines += [f"| {q['key']} | {fmt(q['old'])} | {fmt(q['new'])} | {'new' if q.get('added') else 'ok' if q['ok'] else '**moved**'} |" for q in quality]
         if timing:
             lines += ["", "Timings (machine- and load-dependent, not judged):", "", "| figure | committed | new | new / committed |",
                       "|---|---:|---:|---:|"]

@@ -53,7 +53,8 @@ class DistillConfig(BaseModel):
     batch_queries: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Steps of the whole run (default: epochs x groups / batch); sets the learning-rate schedule.")
+    stop_after: int | None = Field(None, ge=1, description="End this invocation after this step, with a checkpoint; the schedule stays that of the whole run and a later run (resume: true) goes on.")
     lr: float = Field(3e-5, gt=0)
     head_lr: float | None = Field(None, gt=0, description="Learning rate of the new head (cross-encoder pooler + classifier); default: lr.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -224,6 +225,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     elif not cfg.resume and ckpt.exists():
         raise RerankerError(f"{ckpt} exists; resume it (resume: true) or choose another output_dir")
     rng = random.Random(cfg.seed + state["step"])
+    if "sampler_state" in state:  # the candidate sampler goes on where it stopped: a resumed run equals an uninterrupted one
+        version, internal, gauss = state.pop("sampler_state")
+        rng.setstate((version, tuple(internal), gauss))
     unwrapped = acc.unwrap_model(model)
     start = time.perf_counter()
 
@@ -245,7 +249,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         model.train()
         log.info("before training: %s", state["initial_metrics"])
     bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
-    while state["step"] < total:
+    end = min(total, cfg.stop_after or total)  # stop_after splits one run over several invocations (time-boxed jobs)
+    while state["step"] < end:
         for _ in range(cfg.grad_accum):
             groups = next(stream)
             picked = [_sample_group(g, cfg.group_size, rng) for g in groups]
@@ -274,24 +279,25 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         state["history"].append({"step": state["step"], "loss": float(loss.detach())})
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if dev_groups and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
-            model.eval()
-            metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
-            model.train()
-            state["history"][-1].update(metrics)
-            key = metrics["teacher_ndcg@10"]
-            log.info("step %d: %s", state["step"], metrics)
-            if state["best"] is None or key > state["best"]:
-                state.update(best=key, best_step=state["step"], bad_evals=0, best_metrics=metrics)
-                if acc.is_main_process:
-                    unwrapped.save_pretrained(out / "model")
-            else:
-                state["bad_evals"] += 1
+        if state["step"] % cfg.eval_every == 0 or state["step"] == end:  # checkpoint; evaluate on the schedule's points only
+            if dev_groups and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
+                model.eval()
+                metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
+                model.train()
+                state["history"][-1].update(metrics)
+                key = metrics["teacher_ndcg@10"]
+                log.info("step %d: %s", state["step"], metrics)
+                if state["best"] is None or key > state["best"]:
+                    state.update(best=key, best_step=state["step"], bad_evals=0, best_metrics=metrics)
+                    if acc.is_main_process:
+                        unwrapped.save_pretrained(out / "model")
+                else:
+                    state["bad_evals"] += 1
             if acc.is_main_process:
                 acc.save_state(str(ckpt))
                 state["seconds_before"] = state.get("seconds_before", 0.0) + time.perf_counter() - start  # across resumes
                 start = time.perf_counter()
-                (ckpt / "trainer_state.json").write_text(json.dumps(state))
+                (ckpt / "trainer_state.json").write_text(json.dumps({**state, "sampler_state": rng.getstate()}))
             if state["bad_evals"] >= cfg.patience:
                 log.info("early stop at step %d: no improvement for %d evaluations", state["step"], cfg.patience)
                 break
@@ -300,7 +306,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         if not dev_groups:
             unwrapped.save_pretrained(out / "model")
         summary = {
-            "steps": state["step"], "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
+            "steps": state["step"], "total_steps": total, "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
             "initial_metrics": state.get("initial_metrics"),
             "seconds": state.get("seconds_before", 0.0) + time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
             "config": json.loads(cfg.model_dump_json()), "history": state["history"],
@@ -320,7 +326,7 @@ def write_model_card(folder: Path, cfg: DistillConfig, summary: dict[str, Any]) 
         f"- Teacher: {cfg.teacher or '(not recorded)'}",
         f"- Training data: `{cfg.train}` ({summary['train_groups']} query groups, sha256 {summary['train_sha256'][:16]}...)",
         f"- Losses: {', '.join(f'{k} x {v}' for k, v in cfg.losses.items())}; distillation temperature {cfg.temperature}",
-        f"- Steps: {summary['steps']} (best at {summary['best_step']}), {summary['seconds']:.0f} s",
+        f"- Steps: {summary['steps']} of {summary.get('total_steps', summary['steps'])} (best at {summary['best_step']}), {summary['seconds']:.0f} s",
         f"- Dev metrics at the best step: {json.dumps(metrics) if metrics else 'no dev set'}",
         f"- Dev metrics before training: {json.dumps(summary.get('initial_metrics')) if summary.get('initial_metrics') else 'no dev set'}", "",
         "Load it with `student.models.load_student(PATH)`; `score(pairs)` and `rank(query, docs)` re-rank.",

@@ -100,6 +100,29 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(groups, tokenizers, tmp_
         distill(load_config(**options("cross-encoder", groups, tokenizers, out, max_steps=8, resume=False)), progress=False)
 
 
+def test_a_run_split_by_stop_after_and_resumed_equals_the_uninterrupted_run(groups, tokenizers, tmp_path):
+    """stop_after ends an invocation (checkpointed) without changing the schedule; resuming restores the
+    weights, optimiser, scheduler, RNGs and the candidate sampler, so the two halves make the same model."""
+    torch.set_num_threads(1)
+    # dropout on, group_size below the group's length: both random streams must be restored
+    opts = dict(max_steps=6, eval_every=4, group_size=3, warmup_ratio=0.3, model_config_overrides=dict(BERT_CONFIG, initializer_range=0.2, hidden_dropout_prob=0.1))
+    whole = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "whole", **opts)), progress=False)
+    half = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", stop_after=3, **opts)), progress=False)
+    assert (half["steps"], half["total_steps"]) == (3, 6)  # stopped at 3 of a 6-step schedule
+    assert "Steps: 3 of 6" in (tmp_path / "split" / "model" / "README.md").read_text()
+    again = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", stop_after=3, **opts)), progress=False)
+    assert again["steps"] == 3 and again["history"] == half["history"]  # already there: nothing more is trained
+    rest = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", **opts)), progress=False)
+    assert rest["steps"] == 6
+    assert [h["loss"] for h in rest["history"]] == pytest.approx([h["loss"] for h in whole["history"]], abs=1e-6)
+    assert rest["best_step"] == whole["best_step"] and rest["best_metrics"] == pytest.approx(whole["best_metrics"], abs=1e-6)
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(tmp_path / run / "checkpoint" / "model.safetensors") for run in ("whole", "split"))
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+
+
 def test_configuration_and_data_errors(groups, tokenizers, tmp_path):
     with pytest.raises(RerankerError, match="unknown loss kl_div"):
         distill(load_config(**options("t5", groups, tokenizers, tmp_path / "a", max_steps=1, losses={"kl_div": 1.0})), progress=False)

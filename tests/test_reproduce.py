@@ -41,6 +41,15 @@ def test_a_moved_or_missing_quality_figure_fails():
     assert bad == {"results[student].ndcg10", "nll"}
 
 
+def test_a_figure_only_the_new_run_has_is_shown_not_judged():
+    new = json.loads(json.dumps(OLD))
+    new["results"][0]["total_steps"] = 180  # a newer script reports more
+    quality, _ = reproduce.compare(OLD, new, atol=0.005)
+    added = [q for q in quality if q.get("added")]
+    assert [(q["key"], q["old"], q["new"], q["ok"]) for q in added] == [("results[student].total_steps", None, 180.0, True)]
+    assert all(q["ok"] for q in quality)
+
+
 def test_cli_compares_the_committed_file_with_the_working_tree(tmp_path):
     """On a throwaway git repository: an unchanged result passes, a moved one exits 1 and is named in the report."""
     repo = tmp_path / "repo"
