@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ def _main(
                         datefmt="%H:%M:%S", stream=sys.stderr)
     for ours in ("reranker", "teacher", "student"):
         logging.getLogger(ours).setLevel(level)
+    if quiet:  # transformers' own bars ("Loading weights", "Writing model shards") follow the hub's switch, read at its import
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()

@@ -249,6 +249,7 @@ def test_cli_export_then_rerank_and_triton(exported, tmp_path):
                           "--triton", str(tmp_path / "triton")], capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fp32:" in res.stdout and "parity on 9 pairs" in res.stdout and "int8" not in res.stdout
+    assert "Loading weights" not in res.stderr and "%|" not in res.stderr  # -q: no progress bars, transformers' included
     assert set(OnnxManifest.load(out).models) == {"fp32"}
     config = (tmp_path / "triton" / "reranker" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and "dynamic_batching {" in config and "max_batch_size: 64" in config
