@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SKIP = re.compile(r"(^|\.)(env|environment|timings|runtime|versions|command|server_command|date|created|load_avg\w*|load_average\w*)(\.|\[|$)")
 MARK = "<!-- sections, newest first -->"
+SETTING = re.compile(r"(^|\.)config\.")  # a run's inputs (a trainer's config), not its results
 TIMING = re.compile(r"(second|_s$|_s\.|per_s|pairs_s|rss|latency|_ms|p50|p95|p99|load_s|speedup|throughput|qps|hour)", re.I)
 
 
@@ -59,16 +60,20 @@ def leaves(tree, prefix: str = "") -> dict[str, float]:
 LOAD_DEPENDENT = {"server_load": re.compile(r"^(levels|offline|rss)\b(?!.*(errors|exceptions))")}
 
 
-def compare(old: dict, new: dict, atol: float, name: str = "") -> tuple[list[dict], list[dict]]:
-    """(quality rows, timing rows): each ``{key, old, new, ok}``; a figure missing from the new run fails, one only
-    the new run has is marked ``added`` and not judged."""
+def compare(old: dict, new: dict, atol: float, name: str = "") -> tuple[list[dict], list[dict], list[dict]]:
+    """(quality rows, timing rows, settings that differ): each ``{key, old, new, ok}``; a figure missing from the new
+    run fails, one only the new run has is marked ``added`` and not judged; settings are shown, not judged."""
     a, b = leaves(old), leaves(new)
-    quality, timing = [], []
+    quality, timing, settings = [], [], []
     load_dependent = LOAD_DEPENDENT.get(name)
     for key in sorted(set(a) | set(b)):
         if SKIP.search(key):
             continue
         x, y = a.get(key), b.get(key)
+        if SETTING.search(key):
+            if x != y:
+                settings.append({"key": key, "old": x, "new": y})
+            continue
         if TIMING.search(key) or (load_dependent is not None and load_dependent.search(key)):
             timing.append({"key": key, "old": x, "new": y})
             continue
@@ -77,7 +82,7 @@ def compare(old: dict, new: dict, atol: float, name: str = "") -> tuple[list[dic
             continue
         ok = y is not None and (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y)))
         quality.append({"key": key, "old": x, "new": y, "ok": ok})
-    return quality, timing
+    return quality, timing, settings
 
 
 def committed(name: str, ref: str) -> dict:
@@ -112,7 +117,7 @@ def main() -> None:
             subprocess.run(shlex.split(command), cwd=ROOT, check=True)
             seconds = time.perf_counter() - start
         new = json.loads((RESULTS / f"{name}.json").read_text())
-        quality, timing = compare(old, new, args.atol, name)
+        quality, timing, settings = compare(old, new, args.atol, name)
         bad = [q for q in quality if not q["ok"]]
         added = [q for q in quality if q.get("added")]
         failed += [f"{name}: {q['key']}" for q in bad]
@@ -125,6 +130,9 @@ def main() -> None:
         if quality:
             lines += ["| figure | committed | new | |", "|---|---:|---:|---|"]
             lines += [f"| {q['key']} | {fmt(q['old'])} | {fmt(q['new'])} | {'new' if q.get('added') else 'ok' if q['ok'] else '**moved**'} |" for q in quality]
+        if settings:
+            lines += ["", "Settings that differ (a run's inputs, shown, not judged):", "", "| setting | committed | new |", "|---|---:|---:|"]
+            lines += [f"| {r['key']} | {fmt(r['old'])} | {fmt(r['new'])} |" for r in settings]
         if timing:
             lines += ["", "Timings (machine- and load-dependent, not judged):", "", "| figure | committed | new | new / committed |",
                       "|---|---:|---:|---:|"]

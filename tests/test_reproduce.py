@@ -27,7 +27,7 @@ def test_quality_within_tolerance_passes_and_timings_are_not_judged():
     new = json.loads(json.dumps(OLD))
     new["results"][0].update(ndcg10=0.7031, pairs_per_s=10.0)  # slower machine: reported, not a failure
     new["env"]["cores"] = 16
-    quality, timing = reproduce.compare(OLD, new, atol=0.005)
+    quality, timing, _ = reproduce.compare(OLD, new, atol=0.005)
     assert all(q["ok"] for q in quality) and {q["key"] for q in quality} == {"results[student].ndcg10", "results[bm25].ndcg10", "nll"}
     assert [t["key"] for t in timing] == ["results[student].pairs_per_s"]
 
@@ -36,7 +36,7 @@ def test_a_moved_or_missing_quality_figure_fails():
     new = json.loads(json.dumps(OLD))
     new["results"][0]["ndcg10"] = 0.69
     del new["nll"]
-    quality, _ = reproduce.compare(OLD, new, atol=0.005)
+    quality, _, _ = reproduce.compare(OLD, new, atol=0.005)
     bad = {q["key"] for q in quality if not q["ok"]}
     assert bad == {"results[student].ndcg10", "nll"}
 
@@ -44,10 +44,19 @@ def test_a_moved_or_missing_quality_figure_fails():
 def test_a_figure_only_the_new_run_has_is_shown_not_judged():
     new = json.loads(json.dumps(OLD))
     new["results"][0]["total_steps"] = 180  # a newer script reports more
-    quality, _ = reproduce.compare(OLD, new, atol=0.005)
+    quality, _, _ = reproduce.compare(OLD, new, atol=0.005)
     added = [q for q in quality if q.get("added")]
     assert [(q["key"], q["old"], q["new"], q["ok"]) for q in added] == [("results[student].total_steps", None, 180.0, True)]
     assert all(q["ok"] for q in quality)
+
+
+def test_settings_are_shown_when_they_differ_not_judged():
+    old = {"student": {"config": {"max_steps": 100, "lr": 1e-4}, "best": 0.958}}
+    new = {"student": {"config": {"stop_after": 100, "lr": 1e-4}, "best": 0.958}}
+    quality, timing, settings = reproduce.compare(old, new, atol=0.005)
+    assert [q["key"] for q in quality] == ["student.best"] and all(q["ok"] for q in quality) and not timing
+    assert settings == [{"key": "student.config.max_steps", "old": 100.0, "new": None},
+                        {"key": "student.config.stop_after", "old": None, "new": 100.0}]
 
 
 def test_cli_compares_the_committed_file_with_the_working_tree(tmp_path):
