@@ -6,6 +6,8 @@ stage's top ``student_top_k`` ranked by the student (:func:`student_ranking`), t
 judges the student's top ``teacher_top_k`` of one query in one call (:func:`teacher_judgements`;
 teachers such as the ensemble normalise within a query's group), and :func:`cascade_order`
 puts the teacher's picks, in the teacher's order, above the rest in the student's order.
+For a corpus split into passages (a folder of documents), :func:`per_document` folds that
+order into documents, each at its best passage's place, as the evaluation folds its runs.
 
 A cascade config (YAML or JSON, :func:`load_cascade_config`) names the corpus, the first
 stage (built over the corpus at start-up, or a saved ``index`` folder), the teacher and the
@@ -127,6 +129,24 @@ def cascade_order(student_ranked: Sequence[tuple[str, float]], teacher_scores: M
     judged = [(doc, teacher_scores.get(doc, -math.inf)) for doc, _ in top]
     order = sorted(range(len(judged)), key=lambda i: (-judged[i][1], i))
     return [(judged[i][0], "teacher", judged[i][1]) for i in order] + [(doc, "student", score) for doc, score in rest]
+
+
+def per_document(order: Sequence[tuple[str, CascadeStage, float]], corpus: Corpus) -> list[tuple[str, str | None, CascadeStage, float]]:
+    """``(document id, passage id, stage, score)``: each document once, at the place of its best-ranked passage.
+
+    A passage knows its document from its metadata (``doc_id``, set when a folder of documents is
+    split into passages); for a corpus of whole documents the passage id is ``None``. The result is
+    the order of :func:`reranker.io.documents.document_run` over the cascade's run (best passage wins).
+    """
+    seen: set[str] = set()
+    out = []
+    for pid, stage, score in order:
+        doc = corpus[pid].metadata.get("doc_id")
+        key = doc if doc is not None else pid
+        if key not in seen:
+            seen.add(key)
+            out.append((key, pid if doc is not None else None, stage, score))
+    return out
 
 
 # --- loading ------------------------------------------------------------------------------------

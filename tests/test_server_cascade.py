@@ -90,24 +90,27 @@ def server(student_folder, cascade_config):
         yield url
 
 
-@pytest.fixture(scope="module")
-def evaluation(student_folder, cascade_config):
-    """The evaluation's cascade, computed here without the server: query -> (cascade run, first run, student run, judgements)."""
-    corpus = load_dataset(cascade_config.parent / "corpus.jsonl").corpus
+def evaluations_cascade(corpus, student_folder, queries, student_top_k=STUDENT_TOP_K, teacher_top_k=TEACHER_TOP_K) -> dict:
+    """The evaluation's cascade, computed without the server: query -> (cascade run, first run, student run, judgements)."""
     retriever = build_index(corpus, "bm25s")
     student = load_model(student_folder)
     teacher = make_teacher("bm25")
     teacher.prepare(corpus)
     out = {}
-    for query in QUERIES:
+    for query in queries:
         first = retriever.search({"q": query}, k=100)  # deeper than the pool, as the evaluation retrieves
         students = rerank_run(student, {"q": Query("q", query)}, corpus, first, top_k=100, progress=False)
-        pool = {h.doc_id for h in first.ranking("q")[:STUDENT_TOP_K]}
-        picks = [h.doc_id for h in students.ranking("q") if h.doc_id in pool][:TEACHER_TOP_K]
+        pool = {h.doc_id for h in first.ranking("q")[:student_top_k]}
+        picks = [h.doc_id for h in students.ranking("q") if h.doc_id in pool][:teacher_top_k]
         judged = dict(zip(picks, teacher.score_batch([Pair("q", d, query, corpus[d].contents) for d in picks])))
         teacher_run = Run({"q": {d: j.score for d, j in judged.items()}})
-        out[query] = (cascade_run(first, students, teacher_run, STUDENT_TOP_K, TEACHER_TOP_K), first, students, judged)
+        out[query] = (cascade_run(first, students, teacher_run, student_top_k, teacher_top_k), first, students, judged)
     return out
+
+
+@pytest.fixture(scope="module")
+def evaluation(student_folder, cascade_config):
+    return evaluations_cascade(load_dataset(cascade_config.parent / "corpus.jsonl").corpus, student_folder, QUERIES)
 
 
 def search(url: str, query: str, **options) -> dict:
@@ -146,7 +149,7 @@ def test_search_equals_the_evaluations_cascade(server, evaluation, query):
         assert min(students["q"][p["doc_id"]] for p in picks) > x["raw_score"]  # the student's best went to the teacher
     assert body["meta"]["first_stage"] == "bm25s" and body["meta"]["student_top_k"] == STUDENT_TOP_K
     assert body["meta"]["teacher_top_k"] == TEACHER_TOP_K and set(body["meta"]["timings_ms"]) == {"first_stage", "student", "teacher"}
-    assert all(x["doc_id"] in pool for x in results) and "document" not in results[0]
+    assert all(x["doc_id"] in pool for x in results) and "document" not in results[0] and "passage_id" not in results[0]
 
 
 def test_the_cases_exercise_the_pool_and_the_teacher(evaluation):
@@ -170,6 +173,51 @@ def test_top_n_and_return_documents(server):
         title, text = texts[x["doc_id"]]
         assert x["document"] == ({"text": text, "title": title} if title else {"text": text})
     assert search(server, "zebra xylophone")["results"] == []  # no first-stage hit: nothing to rank
+
+
+FOLDER_DOCS = {  # 10-word passages: each document is 2-4 passages
+    "energy/solar.md": "# Solar power\n\nSolar panels convert sunlight into power on a roof. Solar power works best in summer "
+                       "and solar storage keeps the power for the night. Cheap solar panels suit a cabin.",
+    "energy/wind.md": "# Wind power\n\nWind turbines convert the kinetic energy of air into power. Offshore wind power "
+                      "works in storms; solar and wind power feed the grid together.",
+    "energy/storage.txt": "Batteries store energy for later use. Energy storage with batteries and pumped water "
+                          "keeps solar power for the evening peak.",
+    "fossil/coal.txt": "Burning coal releases carbon dioxide. Coal power plants and carbon capture, "
+                       "and the power lines that carry coal power to the grid.",
+}
+
+
+def test_a_folder_corpus_answers_with_documents_each_at_its_best_passage(student_folder, tmp_path):
+    """A folder of documents is split into passages: /search folds the cascade's passage order into documents as the
+    evaluation folds its runs (``document_run``), names the best passage, and returns that passage's text and scores."""
+    from reranker.cascade import load_cascade_config
+    from reranker.io.documents import document_run
+    from reranker.pipeline.stages import read_data
+
+    for name, text in FOLDER_DOCS.items():
+        (tmp_path / "docs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "docs" / name).write_text(text)
+    path = tmp_path / "cascade.yaml"
+    path.write_text(yaml.safe_dump({"corpus": {"spec": "./docs", "passage_words": 10, "passage_overlap": 0}, "first_stage": "bm25s",
+                                    "student_top_k": 10, "teacher": "bm25", "teacher_top_k": 4}))
+    corpus = read_data(load_cascade_config(path).corpus, Path.cwd()).corpus
+    queries = ["solar power", "wind power grid", "coal carbon"]
+    expected = evaluations_cascade(corpus, student_folder, queries, student_top_k=10, teacher_top_k=4)
+    folded = 0
+    with running(create_app(str(student_folder), ServerSettings(cascade=str(path), max_chars=300, max_wait_ms=5))) as url:
+        for query in queries:
+            cascade, _, students, judged = expected[query]
+            passages = [h.doc_id for h in cascade.ranking("q")]
+            results = search(url, query, top_n=50, return_documents=True)["results"]
+            assert [x["doc_id"] for x in results] == [h.doc_id for h in document_run(cascade).ranking("q")]
+            folded += len(passages) - len(results)
+            for x in results:
+                pid = x["passage_id"]
+                assert pid.startswith(x["doc_id"] + "#") and x["document"]["text"] == corpus[pid].text
+                assert pid == next(p for p in passages if p.startswith(x["doc_id"] + "#"))  # its best-ranked passage
+                want = judged[pid].score if x["stage"] == "teacher" else students["q"][pid]
+                assert x["raw_score"] == pytest.approx(want, abs=1e-5)
+    assert folded >= 3  # the pools held several passages of one document: the fold was exercised
 
 
 def test_search_counts_its_stages_and_scores_through_the_batcher(server, evaluation):

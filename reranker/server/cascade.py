@@ -4,8 +4,9 @@ The first stage retrieves the query's top ``student_top_k`` from the cascade's c
 served student scores them through the server's :class:`~reranker.server.batching.Batcher`
 (so they share model batches with ``/rerank`` traffic), and the teacher re-orders the student's
 top ``teacher_top_k`` (:func:`reranker.cascade.cascade_order`, as the pipeline's evaluation
-does). The retriever and the teacher run in one worker thread of their own, never in the
-event loop or the model's thread. Loading (corpus, index, teacher, warm-up) happens in that
+does); a corpus split into passages answers with documents, each at its best passage. The
+retriever and the teacher run in one worker thread of their own, never in the event loop or
+the model's thread. Loading (corpus, index, teacher, warm-up) happens in that
 thread too, after the model's; the server reports ready once both are done.
 """
 
@@ -27,6 +28,7 @@ from ..cascade import (
     cascade_order,
     load_cascade,
     load_cascade_config,
+    per_document,
     student_ranking,
     teacher_judgements,
 )
@@ -101,14 +103,15 @@ class CascadeService:
         ms["teacher"] = time.perf_counter() - start
         self._observe("teacher", len(picks), ms["teacher"])
 
-        order = cascade_order(ranked, {d: j.score for d, j in judged.items()}, cfg.teacher_top_k)[: req.top_n]
+        order = cascade_order(ranked, {d: j.score for d, j in judged.items()}, cfg.teacher_top_k)
         results = []
-        for rank, (doc_id, stage, score) in enumerate(order, start=1):
-            relevance = min(max(float(judged[doc_id].label), 0.0), 1.0) if stage == "teacher" else float(sigmoid(score))
-            doc = cascade.corpus[doc_id]
+        for rank, (doc_id, passage_id, stage, score) in enumerate(per_document(order, cascade.corpus)[: req.top_n], start=1):
+            hit = passage_id or doc_id  # what was scored: the document's best passage, or the document
+            relevance = min(max(float(judged[hit].label), 0.0), 1.0) if stage == "teacher" else float(sigmoid(score))
+            doc = cascade.corpus[hit]
             document = SearchDocument(text=doc.text, title=doc.title or None) if req.return_documents else None
-            results.append(SearchResult(doc_id=doc_id, rank=rank, stage=stage, relevance_score=relevance, raw_score=float(score),
-                                        document=document))
+            results.append(SearchResult(doc_id=doc_id, passage_id=passage_id, rank=rank, stage=stage, relevance_score=relevance,
+                                        raw_score=float(score), document=document))
         timings = SearchTimings(**{k: round(v * 1000, 3) for k, v in ms.items()})
         meta = SearchMeta(first_stage=cfg.first_stage, student_top_k=cfg.student_top_k, teacher_top_k=cfg.teacher_top_k,
                           timings_ms=timings)

@@ -134,7 +134,9 @@ class SearchDocument(BaseModel):
 
 
 class SearchResult(BaseModel):
-    doc_id: str = Field(description="The document's (or passage's) id in the corpus.")
+    doc_id: str = Field(description="The document's id (a corpus split into passages answers with each document once).")
+    passage_id: str | None = Field(None, description="The document's best passage, for a corpus split into passages (a folder of documents); "
+                                   "the scores and `document.text` are that passage's.")
     rank: int = Field(ge=1, description="1 for the best.")
     stage: Literal["teacher", "student"] = Field(description="The stage whose score orders this result.")
     relevance_score: float = Field(ge=0, le=1, description="The teacher's probability (teacher stage) or the sigmoid of the student's raw score.")
