@@ -132,7 +132,7 @@ def retrieve(
     else:
         run = runs[0]
     if per_document:
-        run = document_run(run)
+        run = document_run(run, ds.corpus)
     run = run.top_k(k)
     write_run(out, run)
     typer.echo(f"wrote {run.num_entries()} results for {len(run)} of {len(qs)} queries to {out} in {time.perf_counter() - start:.1f} s")

@@ -45,7 +45,7 @@ def run_demo(out: Path, chunking: ChunkConfig = ChunkConfig(words=120, overlap=3
     runs["hybrid-rrf"] = fuse([runs["bm25s"], runs["dense"]], "rrf", name="hybrid-rrf")
     doc_runs = []
     for name, run in runs.items():
-        doc = document_run(run).top_k(100)
+        doc = document_run(run, ds.corpus).top_k(100)
         doc.name = name
         write_run(out / f"{name}.trec", doc)
         doc_runs.append(doc)

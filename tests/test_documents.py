@@ -205,3 +205,14 @@ def test_hash_in_file_name_survives_document_run(tmp_path):
     assert corpus.ids() == ["c%231.md#0", "c%231.md#1", "c%231.md#2"]
     run = Run({"q": {pid: float(i) for i, pid in enumerate(corpus.ids())}})
     assert document_run(run).to_dict() == {"q": {"c%231.md": 2.0}}
+
+
+def test_document_run_with_the_corpus_folds_only_passages():
+    """With the corpus, an id that merely contains '#' (a data set's own id) is not cut; passages fold by their doc_id."""
+    from reranker.records import Corpus, Document
+
+    corpus = Corpus([Document("PMID#7", "a whole document"), Document("a.md#0", "x", metadata={"doc_id": "a.md"}),
+                     Document("a.md#1", "y", metadata={"doc_id": "a.md"})])
+    run = Run({"q": {"PMID#7": 1.0, "a.md#0": 0.5, "a.md#1": 2.0}})
+    assert document_run(run, corpus).to_dict() == {"q": {"PMID#7": 1.0, "a.md": 2.0}}
+    assert document_run(run).to_dict() == {"q": {"PMID": 1.0, "a.md": 2.0}}  # without it, every id is cut at its last '#'

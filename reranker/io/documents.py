@@ -148,13 +148,25 @@ def read_documents(folder: str | Path, config: ChunkConfig = ChunkConfig()) -> C
     return corpus
 
 
-def document_run(run: Run) -> Run:
-    """Fold a passage run (ids ``doc#n``) into a document run: each document keeps its best passage's score."""
+def document_run(run: Run, corpus: Corpus | None = None) -> Run:
+    """Fold a passage run (ids ``doc#n``) into a document run: each document keeps its best passage's score.
+
+    With the ``corpus``, a passage's document is its ``doc_id`` metadata and any other id is a
+    document of its own (a data set whose ids contain ``#`` stays as it is); without it, every id
+    is cut at its last ``#``.
+    """
     out = Run(name=run.name)
+
+    def document(pid: str) -> str:
+        if corpus is None:
+            return pid.rsplit(PASSAGE_SEP, 1)[0]
+        doc = corpus.get(pid)
+        return doc.metadata.get("doc_id", pid) if doc is not None else pid
+
     for qid, docs in run.items():
         best: dict[str, float] = {}
         for pid, score in docs.items():
-            doc = pid.rsplit(PASSAGE_SEP, 1)[0]
+            doc = document(pid)
             if doc not in best or score > best[doc]:
                 best[doc] = score
         for doc, score in best.items():

@@ -147,7 +147,7 @@ def evaluate_models(ctx: Context) -> dict[str, Any]:
     runs["student"] = runs["student"].restrict(queries).top_k(ev.top_k) if depth != ev.top_k else runs["student"]
     doc_runs = []
     for name, run in runs.items():
-        folded = document_run(run)
+        folded = document_run(run, ds.corpus)
         folded.name = name
         write_run(out_dir / f"{name}.trec", folded)
         doc_runs.append(folded)
