@@ -117,6 +117,8 @@ def main() -> None:
                "![label budget](label_budget.png)", "", "| strategy | " + " | ".join(f"{b} pairs" for b in budget["budgets"]) + " |",
                "|---|" + "---:|" * len(budget["budgets"])]
         md += [f"| {name} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in points) + " |" for name, points in budget["curve"].items()]
+        md += ["", "One student per point: a student's training seed alone moves these by 0.04-0.09 (sd at 500 pairs, "
+               "`label_budget.md`), so single differences below about 0.1 do not rank the strategies."]
     md += ["", "Timings were taken with other jobs sharing the 2 cores where the linked pages say so; they are lower bounds."]
     (RESULTS / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
