@@ -303,7 +303,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                 break
     bar.close()
     if acc.is_main_process:
-        if not dev_groups:
+        if not dev_groups or state["best"] is None:  # no dev set, or stopped (stop_after) before its first evaluation
             unwrapped.save_pretrained(out / "model")
         summary = {
             "steps": state["step"], "total_steps": total, "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),

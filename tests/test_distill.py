@@ -110,6 +110,7 @@ def test_a_run_split_by_stop_after_and_resumed_equals_the_uninterrupted_run(grou
     half = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", stop_after=3, **opts)), progress=False)
     assert (half["steps"], half["total_steps"]) == (3, 6)  # stopped at 3 of a 6-step schedule
     assert "Steps: 3 of 6" in (tmp_path / "split" / "model" / "README.md").read_text()
+    assert load_student(tmp_path / "split" / "model") is not None  # stopped before the first evaluation: the weights are saved
     again = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", stop_after=3, **opts)), progress=False)
     assert again["steps"] == 3 and again["history"] == half["history"]  # already there: nothing more is trained
     rest = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "split", **opts)), progress=False)
