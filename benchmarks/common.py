@@ -34,10 +34,15 @@ def environment(*packages: str) -> dict:
     return {"cores": os.cpu_count(), "python": platform.python_version(), **{p: version(p) for p in packages}}
 
 
+def machine_independent(text: str, work: Path) -> str:
+    """``text`` with the CLI by name, the work folder as ``$WORK`` and ``../shared`` relative (for committed results)."""
+    return text.replace(EXE, "reranker").replace(str(work), "$WORK").replace(f"{ROOT.parent}/", "../")
+
+
 def timing_table(timings: list[dict], work: Path) -> list[str]:
     rows = ["| step | seconds | command |", "|---|---:|---|"]
-    def shown(cmd: str) -> str:  # machine-independent: the CLI by name, the work folder as $WORK, ../shared relative
-        return cmd.replace(EXE, "reranker").replace(str(work), "$WORK").replace(f"{ROOT.parent}/", "../")
+    def shown(cmd: str) -> str:
+        return machine_independent(cmd, work)
 
     rows += [f"| {t['step']} | {t['seconds']} | `{shown(t['command'])}` |" for t in timings]
     rows += ["", f"Total: {sum(t['seconds'] for t in timings):.0f} s."]

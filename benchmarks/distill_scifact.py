@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table
+from common import EXE, RESULTS, ROOT, environment, machine_independent, sh, timing_table
 
 T5_SMALL = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 8,
             "dropout_rate": 0.1, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
@@ -96,8 +96,8 @@ def main() -> None:
     report = json.loads((w / "report.json").read_text())
     env = environment("torch", "transformers", "sentence-transformers")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distill_scifact.json").write_text(json.dumps(
-        {"report": report, "cross_encoder": ce, "t5": t5, "generation": gen, "timings": t, "env": env}, indent=2) + "\n")
+    (RESULTS / "distill_scifact.json").write_text(machine_independent(json.dumps(
+        {"report": report, "cross_encoder": ce, "t5": t5, "generation": gen, "timings": t, "env": env}, indent=2), w) + "\n")
     agree = lambda s, k: (s.get(k) or {}).get("teacher_ndcg@10", float("nan"))
     md = [
         "# Distillation on SciFact without human labels",
