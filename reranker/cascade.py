@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RerankerError
+from .io.documents import document_of
 from .pipeline.config import DataSpec, check_paths, data_paths, looks_like_path, resolve_path, validation_problems
 from .records import Corpus, Run
 
@@ -141,7 +142,7 @@ def per_document(order: Sequence[tuple[str, CascadeStage, float]], corpus: Corpu
     seen: set[str] = set()
     out = []
     for pid, stage, score in order:
-        doc = corpus[pid].metadata.get("doc_id")
+        doc = document_of(pid, corpus)
         key = doc if doc is not None else pid
         if key not in seen:
             seen.add(key)

@@ -148,6 +148,12 @@ def read_documents(folder: str | Path, config: ChunkConfig = ChunkConfig()) -> C
     return corpus
 
 
+def document_of(passage_id: str, corpus: Corpus) -> str | None:
+    """The document a passage of ``corpus`` belongs to (its ``doc_id`` metadata), or ``None`` for a whole document."""
+    doc = corpus.get(passage_id)
+    return doc.metadata.get("doc_id") if doc is not None else None
+
+
 def document_run(run: Run, corpus: Corpus | None = None) -> Run:
     """Fold a passage run (ids ``doc#n``) into a document run: each document keeps its best passage's score.
 
@@ -158,10 +164,7 @@ def document_run(run: Run, corpus: Corpus | None = None) -> Run:
     out = Run(name=run.name)
 
     def document(pid: str) -> str:
-        if corpus is None:
-            return pid.rsplit(PASSAGE_SEP, 1)[0]
-        doc = corpus.get(pid)
-        return doc.metadata.get("doc_id", pid) if doc is not None else pid
+        return pid.rsplit(PASSAGE_SEP, 1)[0] if corpus is None else document_of(pid, corpus) or pid
 
     for qid, docs in run.items():
         best: dict[str, float] = {}

@@ -91,7 +91,6 @@ class TEIRerankRequest(BaseModel):
         None, description="Accepted for compatibility: long texts are always cut (or windowed) to the model's length, as the server is set.")
 
 
-
 class TEIRank(BaseModel):
     index: int
     score: float
@@ -125,7 +124,6 @@ class SearchRequest(BaseModel):
     query: QueryText
     top_n: StrictInt = Field(10, ge=1, description="Return the best top_n (capped at the student's depth).")
     return_documents: StrictBool = Field(False, description="Include each document's text (and title).")
-
 
 
 class SearchDocument(BaseModel):
