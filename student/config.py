@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "student_config.json"
 KINDS = ("t5", "cross-encoder")
+#: Score heads of cross-encoder students (:mod:`student.heads`): the classification logit alone, or
+#: that logit plus a semantic (mean-pooled cosine) and a lexical (learned-IDF term match) term.
+HEADS = ("classifier", "hybrid")
 
 _DEFAULT_SCORE = {
     "t5": "logit(true_token) - logit(false_token) at the first decoder step (fp32)",
     "cross-encoder": "the single logit of the sequence-classification head (fp32)",
 }
+
+_HYBRID_SCORE = ("the classification logit + sem_weight * cos(mean query states, mean document states) "
+                 "+ lex_weight * BM25-shaped term match with learned IDF (fp32)")
 
 
 @dataclass
@@ -47,6 +53,7 @@ class StudentConfig:
     true_token_id: int | None = None
     false_token_id: int | None = None
     score: str = ""
+    head: str = "classifier"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,8 +68,12 @@ class StudentConfig:
                 f"student config: 'query_max_length' ({self.query_max_length}) must be smaller than "
                 f"'max_length' ({self.max_length}), or no room is left for the document"
             )
+        if self.head not in HEADS:
+            raise RerankerError(f"student config: 'head' must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head != "classifier" and self.kind != "cross-encoder":
+            raise RerankerError(f"student config: head {self.head!r} is for cross-encoder students; a {self.kind} student has its own")
         if not self.score:
-            self.score = _DEFAULT_SCORE[self.kind]
+            self.score = _DEFAULT_SCORE[self.kind] if self.head == "classifier" else _HYBRID_SCORE
 
     # --- answer tokens (T5) -----------------------------------------------------------
 

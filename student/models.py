@@ -26,6 +26,7 @@ from reranker.scoring import PairScoring
 
 from .config import CONFIG_NAME, StudentConfig
 from .formatting import encode_pairs, is_packaged, template_path
+from .heads import HEAD_FILE, HybridHead
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class CrossEncoderStudent(Student):
     """A BERT-family sequence classifier with one output: the score of the (query, document) pair."""
 
     kind = "cross-encoder"
-    head_parts = ("classifier.", "pooler.")
+    head_parts = ("classifier.", "pooler.", "hybrid.")
 
     def __init__(self, model: nn.Module, tokenizer: Any, config: StudentConfig):
         if model.config.num_labels != 1:
@@ -237,10 +238,36 @@ class CrossEncoderStudent(Student):
         if limit is not None and config.max_length > limit:
             raise RerankerError(f"max_length {config.max_length} exceeds the model's {limit} positions; pass max_length={limit} or less")
         super().__init__(model, tokenizer, config)
+        self.hybrid: HybridHead | None = None
+        if config.head == "hybrid":
+            if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
+                raise RerankerError(
+                    f"the hybrid head tells query from document by token_type_ids, which the tokenizer of "
+                    f"{config.base_model or 'this model'} does not make; use head: classifier with it"
+                )
+            self.hybrid = HybridHead(len(tokenizer), tokenizer.all_special_ids)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+        if self.hybrid is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+        if token_type_ids is None:
+            raise RerankerError("the hybrid head needs token_type_ids (the tokenizer's pair encoding makes them)")
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
+        return out.logits[:, 0].float() + self.hybrid(out.hidden_states[-1], input_ids, attention_mask, token_type_ids)
+
+    def hybrid_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hybrid head's ``(cosine, lexical)`` features ``[batch]`` (the classifier logit left out)."""
+        if self.hybrid is None:
+            raise RerankerError("this student has no hybrid head")
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True)
+        return self.hybrid.features(out.hidden_states[-1], input_ids, attention_mask, token_type_ids)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = super().save_pretrained(folder)
+        if self.hybrid is not None:
+            self.hybrid.save(folder)
+        return folder
 
     @classmethod
     def from_pretrained(cls, model: str | Path = "all-MiniLM-L6-v2", tokenizer: Any = None, *, dtype: torch.dtype | str | None = None,
@@ -260,7 +287,11 @@ class CrossEncoderStudent(Student):
             hf = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=_dtype(dtype), ignore_mismatched_sizes=True)
         except (OSError, ValueError) as exc:
             raise RerankerError(f"could not load the cross-encoder {str(model)!r}: {exc}") from None
-        return cls(hf, tokenizer, student_config).to(device or "cpu")
+        student = cls(hf, tokenizer, student_config)
+        if student.hybrid is not None and not student.hybrid.load(source) and (Path(source) / CONFIG_NAME).is_file() \
+                and StudentConfig.load(source).head == "hybrid":
+            raise RerankerError(f"{source}: a hybrid student without its head weights ({HEAD_FILE})")
+        return student.to(device or "cpu")
 
     @classmethod
     def from_config(cls, hf_config: Any, tokenizer: Any, **config: Any) -> Self:

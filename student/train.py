@@ -44,6 +44,7 @@ class DistillConfig(BaseModel):
     dev: Path | None = Field(None, description="Dev groups for evaluation during training.")
     dev_qrels: Path | None = Field(None, description="Human qrels for the dev queries (optional).")
     student: Literal["cross-encoder", "t5"] = "cross-encoder"
+    head: Literal["classifier", "hybrid"] = Field("classifier", description="Cross-encoder score head: the classification logit, or hybrid (+ mean-pooled cosine + learned-IDF term match, fitted to the teacher before the first step; student.heads).")
     base_model: str = Field("all-MiniLM-L6-v2", description="Hub id or folder to start from.")
     model_config_overrides: dict[str, Any] | None = Field(None, description="Random init from this transformers config instead.")
     tokenizer: str | None = Field(None, description="Tokenizer (hub id or folder) for a random init.")
@@ -64,7 +65,7 @@ class DistillConfig(BaseModel):
     eval_every: int = Field(100, ge=1)
     patience: int = Field(3, ge=1)
     seed: int = 42
-    bf16: bool = Field(True, description="bf16 mixed precision on GPU (ignored on CPU; fp16 is never used for T5).")
+    bf16: bool | None = Field(None, description="bf16 autocast: null = where the hardware has it (a GPU with bf16, a CPU with AVX512-BF16 or AMX); true = required (an error without it); false = fp32. Never fp16.")
     teacher: str = Field("", description="The teacher that made the labels, for the model card.")
     resume: bool = Field(True, description="Resume from OUTPUT/checkpoint when it exists.")
 
@@ -119,11 +120,39 @@ def _sample_group(group, size: int, rng: random.Random):
     return picked
 
 
+def bf16_supported() -> tuple[bool, str]:
+    """Whether bf16 autocast runs in hardware here, and on what."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(), torch.cuda.get_device_name()
+    try:
+        ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        ok = False
+    return ok, f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def resolve_bf16(wanted: bool | None) -> bool:
+    """``None``: bf16 where the hardware has it; ``True``: bf16 or a clear error; ``False``: fp32."""
+    if wanted is False:
+        return False
+    ok, where = bf16_supported()
+    if wanted and not ok:
+        raise RerankerError(f"bf16 was asked for (bf16: true) but {where} has no bf16 support (a GPU with bf16, or a CPU with "
+                            "AVX512-BF16 or AMX); set bf16: false for fp32, or leave it unset to choose by the hardware")
+    return ok
+
+
 def build_student(cfg: DistillConfig):
     from .models import CrossEncoderStudent, T5Student
 
     cls = T5Student if cfg.student == "t5" else CrossEncoderStudent
     extra = {"max_length": cfg.max_length, "query_max_length": cfg.query_max_length}
+    if cfg.student == "cross-encoder":
+        extra["head"] = cfg.head
+    elif cfg.head != "classifier":
+        raise RerankerError(f"head {cfg.head!r} is for cross-encoder students; a T5 student scores with logit(true) - logit(false)")
     if cfg.model_config_overrides is not None:
         from transformers import AutoTokenizer
 
@@ -136,7 +165,7 @@ def build_student(cfg: DistillConfig):
 
 def parameter_groups(student, cfg: DistillConfig) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and norms; the student's new head at ``head_lr``."""
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "hybrid.")
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in student.named_parameters():
         head = any(part in name for part in student.head_parts)
@@ -207,17 +236,29 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
 
         dev_qrels = read_qrels(cfg.dev_qrels)
     set_seed(cfg.seed)
-    use_bf16 = cfg.bf16 and torch.cuda.is_available()
+    use_bf16 = resolve_bf16(cfg.bf16)
+    from accelerate.state import AcceleratorState
+
+    # one process may run several distillations (the pipeline, tests) with different precisions: accelerate
+    # keeps the first one's mixed precision in a process-wide singleton unless it is reset (the
+    # process/device state is kept, so DDP is untouched)
+    AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
     student = build_student(cfg)
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+    head_init = None
+    if getattr(student, "hybrid", None) is not None and not (cfg.resume and (ckpt / "trainer_state.json").is_file()):
+        from .heads import fit_hybrid_head
+
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            head_init = fit_hybrid_head(student, train_groups)
     optimizer = torch.optim.AdamW(parameter_groups(student, cfg), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_queries * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
-    out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
-    state = {"step": 0, "best": None, "best_step": 0, "bad_evals": 0, "history": []}
+    state = {"step": 0, "best": None, "best_step": 0, "bad_evals": 0, "history": [], "head_init": head_init, "bf16": use_bf16}
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         acc.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -307,7 +348,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
             unwrapped.save_pretrained(out / "model")
         summary = {
             "steps": state["step"], "total_steps": total, "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
-            "initial_metrics": state.get("initial_metrics"),
+            "initial_metrics": state.get("initial_metrics"), "head_init": state.get("head_init"), "bf16": state.get("bf16"),
             "seconds": state.get("seconds_before", 0.0) + time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
             "config": json.loads(cfg.model_dump_json()), "history": state["history"],
         }

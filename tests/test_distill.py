@@ -63,7 +63,7 @@ def options(kind, groups, tokenizers, out, **extra):
         # a tiny BERT with the usual 0.02 init starts with nearly equal scores for every pair and learns slowly
         model_config_overrides=T5_CONFIG if kind == "t5" else dict(BERT_CONFIG, initializer_range=0.2),
         max_length=32, query_max_length=8, group_size=5, batch_queries=4, lr=3e-3 if kind == "t5" else 1e-3,
-        warmup_ratio=0.0, eval_every=10, patience=10, seed=0,
+        warmup_ratio=0.0, eval_every=10, patience=10, seed=0, bf16=False,
     )
     base.update(extra)
     return base
@@ -175,7 +175,7 @@ def test_the_new_head_trains_at_its_own_learning_rate(groups, tokenizers):
     cfg = load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5, head_lr=1e-3))
     student = build_student(cfg)
     groups_ = parameter_groups(student, cfg)
-    head = {id(p) for n, p in student.named_parameters() if "classifier." in n or "pooler." in n}
+    head = {id(p) for n, p in student.named_parameters() if "classifier." in n or "pooler." in n or "hybrid." in n}
     assert head, "a BERT sequence classifier has a pooler and a classifier"
     for group in groups_:
         ids = {id(p) for p in group["params"]}
@@ -185,3 +185,37 @@ def test_the_new_head_trains_at_its_own_learning_rate(groups, tokenizers):
     assert all(g["weight_decay"] == 0.0 for g in groups_ if any(p.ndim == 1 for p in g["params"]))
     # without head_lr the head follows lr; T5 has no new head at all
     assert {g["lr"] for g in parameter_groups(student, load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5)))} == {2e-5}
+
+
+def test_the_hybrid_head_starts_from_the_teacher_and_keeps_learning(groups, tokenizers, tmp_path):
+    """head: hybrid fits its cosine and term-match weights to the teacher before the first step: the untrained
+    student already agrees with the teacher better than the classifier head does, and training still lowers the loss."""
+    torch.set_num_threads(1)
+    runs = {}
+    for head in ("classifier", "hybrid"):
+        runs[head] = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / head, head=head, max_steps=20,
+                                                   eval_every=20)), progress=False)
+    hybrid, plain = runs["hybrid"], runs["classifier"]
+    assert plain["head_init"] is None and hybrid["head_init"]["lex_weight"] > 0 and hybrid["head_init"]["passages"] == 5
+    assert hybrid["initial_metrics"]["teacher_ndcg@10"] > plain["initial_metrics"]["teacher_ndcg@10"] + 0.1
+    assert hybrid["initial_metrics"]["teacher_ndcg@10"] > 0.9  # the teacher prefers documents that share the query's words
+    losses = [h["loss"] for h in hybrid["history"]]
+    assert sum(losses[-5:]) < sum(losses[:5])
+    student = load_student(tmp_path / "hybrid" / "model")
+    assert student.config.head == "hybrid" and student.hybrid.lex_weight.item() > 0
+    with pytest.raises(RerankerError, match="for cross-encoder students"):
+        distill(load_config(**options("t5", groups, tokenizers, tmp_path / "t5", head="hybrid", max_steps=1)), progress=False)
+
+
+def test_bf16_is_chosen_by_the_hardware_and_refused_where_it_is_missing(groups, tokenizers, tmp_path, monkeypatch):
+    import student.train as train
+
+    assert train.resolve_bf16(False) is False
+    assert train.resolve_bf16(None) is train.bf16_supported()[0]
+    monkeypatch.setattr(train, "bf16_supported", lambda: (False, "CPU (AVX2)"))
+    assert train.resolve_bf16(None) is False  # unset: fp32 where bf16 is missing, no error
+    with pytest.raises(RerankerError, match=r"bf16 was asked for .* CPU \(AVX2\) has no bf16 support"):
+        distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "bf16", bf16=True, max_steps=1)), progress=False)
+    monkeypatch.setattr(train, "bf16_supported", lambda: (True, "CPU (AVX512)"))
+    summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "on", bf16=None, max_steps=2)), progress=False)
+    assert summary["bf16"] is True and summary["steps"] == 2  # autocast runs (emulated where the CPU lacks it)

@@ -276,3 +276,26 @@ def test_cli_export_then_rerank_and_triton(exported, tmp_path):
     res = subprocess.run([EXE, "export", str(src), str(tmp_path / "bad"), "--precision", "int4"], capture_output=True, text=True,
                          timeout=300, check=False)
     assert res.returncode == 2 and "unknown precision" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
+    """The hybrid head (cosine of mean-pooled states + BM25-shaped term match) is part of the exported graph:
+    fp32 ONNX equals PyTorch, batched equals one by one, and the lexical term really moves the scores."""
+    torch.manual_seed(0)
+    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid").eval()
+    with torch.no_grad():
+        student.hybrid.idf.copy_(torch.rand(len(student.tokenizer)) * 4)
+        student.hybrid.lex_weight.fill_(2.0)
+    src = student.save_pretrained(tmp_path / "student")
+    export_student(src, tmp_path / "onnx", ["fp32", "int8"], parity=sample,
+                   tolerances={"int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.5)})
+    scorer = load_onnx(tmp_path / "onnx", precision="fp32")
+    pairs = PAIRS + MORE
+    ref = student.score(pairs)
+    np.testing.assert_allclose(scorer.score(pairs), ref, rtol=0, atol=1e-4)
+    single = np.array([scorer.score([p])[0] for p in pairs])
+    np.testing.assert_allclose(scorer.score(pairs, batch_size=4), single, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        student.hybrid.lex_weight.fill_(0.0)
+    assert np.abs(student.score(pairs) - ref).max() > 0.5  # the exported scores include the lexical term
+    assert OnnxManifest.load(tmp_path / "onnx").models["fp32"].parity.passed

@@ -7,6 +7,7 @@ from ../shared (skipped when absent).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 
@@ -268,3 +269,99 @@ def test_real_t5_tokenizer_answer_ids_and_formatting(t5_tokenizer):
     assert encode_pairs(t5_tokenizer, config, [query], [doc])["input_ids"][0].tolist() == whole
     long = encode_pairs(t5_tokenizer, config, [query], [doc * 300])["input_ids"][0].tolist()
     assert len(long) == 512 and long[-4:] == whole[-4:]  # "... ▁Relevan t : </s>" survives
+
+
+# --- the hybrid head -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hybrid_student():
+    torch.manual_seed(0)
+    return CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid")
+
+
+def _bm25_reference(query_ids, doc_ids, idf, avg_len, k1=1.2, b=0.75):
+    """BM25 over word-piece ids, written out as in Robertson & Zaragoza (2009), for the pinned comparison."""
+    total = 0.0
+    for t in query_ids:
+        tf = doc_ids.count(t)
+        total += idf[t] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc_ids) / avg_len))
+    return total
+
+
+def test_hybrid_score_is_logit_plus_weighted_cosine_and_bm25(hybrid_student):
+    s = hybrid_student.eval()
+    with torch.no_grad():
+        s.hybrid.idf.copy_(torch.rand(len(s.tokenizer), generator=torch.Generator().manual_seed(0)) * 3 + 0.5)
+        s.hybrid.avg_doc_len.fill_(6.0)
+        s.hybrid.sem_weight.fill_(2.5)
+        s.hybrid.lex_weight.fill_(0.7)
+    pairs = PAIRS + [("wind", "burning coal"), ("solar solar power", "power power solar energy")]
+    enc = s.encode([q for q, _ in pairs], [d for _, d in pairs])
+    with torch.no_grad():
+        logits = s.model(**enc).logits[:, 0]
+        hidden = s.model(**enc, output_hidden_states=True).hidden_states[-1]
+        cosine, lexical = s.hybrid_features(**enc)
+    special = set(s.tokenizer.all_special_ids)
+    idf = s.hybrid.idf.tolist()
+    for i in range(len(pairs)):
+        ids, types, mask = enc["input_ids"][i].tolist(), enc["token_type_ids"][i].tolist(), enc["attention_mask"][i].tolist()
+        q = [t for t, ty, m in zip(ids, types, mask) if m and ty == 0 and t not in special]
+        d = [t for t, ty, m in zip(ids, types, mask) if m and ty == 1 and t not in special]
+        assert lexical[i].item() == pytest.approx(_bm25_reference(q, d, idf, 6.0), rel=1e-5)
+        q_rows = [j for j, (ty, m) in enumerate(zip(types, mask)) if m and ty == 0]
+        d_rows = [j for j, (ty, m) in enumerate(zip(types, mask)) if m and ty == 1]
+        expected = torch.nn.functional.cosine_similarity(hidden[i, q_rows].mean(0), hidden[i, d_rows].mean(0), dim=0)
+        assert cosine[i].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert lexical[3] > 0 and lexical[4] == 0 and lexical[-1] > lexical[3]  # shared words count, repeated ones more
+    np.testing.assert_allclose(s.score(pairs), (logits + 2.5 * cosine + 0.7 * lexical).numpy(), rtol=0, atol=1e-5)
+
+
+def test_hybrid_fit_recovers_a_linear_teacher_and_zeroes_the_classifier(tmp_path):
+    from student.heads import fit_hybrid_head
+    from teacher.store import GroupCandidate, LabelGroup
+
+    torch.manual_seed(1)
+    s = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid")
+    docs = [d for _, d in PAIRS] + ["wind energy storage", "solar batteries", "coal power"]
+    groups = []
+    for g, (q, _) in enumerate(PAIRS):
+        cands = [GroupCandidate(doc_id=f"d{i}", score=0.0, label=0.5, text=d) for i, d in enumerate(docs)]
+        groups.append(LabelGroup(query_id=f"q{g}", query=q, positive="d0", candidates=cands))
+    # teacher = 3 * cosine + 0.5 * BM25 with the IDF the fit will set: a first pass sets the term weights
+    fit_hybrid_head(s, groups)
+    for g in groups:
+        enc = s.encode([g.query] * len(g.candidates), [c.text for c in g.candidates])
+        with torch.no_grad():
+            cos, lex = s.hybrid_features(**enc)
+        # a per-query constant (7) changes no ranking
+        g.candidates[:] = [dataclasses.replace(c, score=3.0 * a + 0.5 * b + 7.0) for c, a, b in zip(g.candidates, cos.tolist(), lex.tolist())]
+    fitted = fit_hybrid_head(s, groups)
+    assert fitted["sem_weight"] == pytest.approx(3.0, rel=0.05) and fitted["lex_weight"] == pytest.approx(0.5, rel=0.05)
+    assert fitted["r2"] > 0.99
+    assert torch.count_nonzero(s.model.classifier.weight) == 0  # the untrained classifier adds nothing at first
+    # the untrained student now ranks as its teacher does
+    for g in groups:
+        scores = s.score([(g.query, c.text) for c in g.candidates])
+        assert np.argsort(-scores).tolist() == np.argsort([-c.score for c in g.candidates]).tolist()
+
+
+def test_hybrid_save_load_round_trip_and_missing_head(hybrid_student, tmp_path):
+    with torch.no_grad():
+        hybrid_student.hybrid.idf.copy_(torch.linspace(0.5, 4, len(hybrid_student.tokenizer)))
+        hybrid_student.hybrid.lex_weight.fill_(1.3)
+    folder = hybrid_student.save_pretrained(tmp_path / "s")
+    assert (folder / "hybrid_head.safetensors").is_file() and StudentConfig.load(folder).head == "hybrid"
+    loaded = load_student(folder)
+    assert loaded.hybrid is not None
+    np.testing.assert_allclose(loaded.score(PAIRS), hybrid_student.score(PAIRS), rtol=0, atol=1e-5)
+    (folder / "hybrid_head.safetensors").unlink()
+    with pytest.raises(RerankerError, match="hybrid_head.safetensors"):
+        load_student(folder)
+
+
+def test_head_choice_is_checked():
+    with pytest.raises(RerankerError, match="'head' must be one of classifier, hybrid"):
+        StudentConfig(kind="cross-encoder", head="mlp")
+    with pytest.raises(RerankerError, match="for cross-encoder students"):
+        StudentConfig(kind="t5", head="hybrid")

@@ -1,0 +1,169 @@
+"""Score heads of the cross-encoder student that start from what the backbone already knows.
+
+A cross-encoder built on a bi-encoder backbone (all-MiniLM-L6-v2) gets a new, random
+classification head: before training it ranks no better than chance, and a few thousand
+distillation steps on a CPU are not enough to teach it relevance from scratch. The
+``hybrid`` head adds two signals that work from the first step and lets training correct
+them:
+
+``score = classifier(CLS) + w_sem * cos(mean(query states), mean(document states)) + w_lex * lexical``
+
+- **semantic**: the cosine of the mean-pooled query and document token states of the joint
+  encoding, the pooling the bi-encoder was trained with (Reimers & Gurevych 2019,
+  "Sentence-BERT"), so the untrained student already ranks roughly like its bi-encoder;
+- **lexical**: a BM25-shaped exact-match score over word pieces (Robertson & Zaragoza 2009)
+  with a learned weight per vocabulary entry, initialised to the IDF of the training passages
+  (learned term weights as in DeepCT, Dai & Callan 2020; exact-match channels as in the Duet
+  model, Mitra et al. 2017): the lexical matching a first stage does, in the student itself.
+
+The classifier starts at zero; the two weights are fitted by least squares to the teacher's
+scores on training groups before the first step (:func:`fit_hybrid_head`), so the untrained
+student approximates its teacher. Everything is tensor arithmetic on the model's inputs
+(Equal, ReduceSum, Gather), so the head exports to ONNX in the same graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reranker.errors import RerankerError
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE = "hybrid_head.safetensors"
+BM25_K1, BM25_B = 1.2, 0.75
+
+
+class HybridHead(nn.Module):
+    """The semantic and lexical terms of the ``hybrid`` head (the classifier logit is the backbone's)."""
+
+    def __init__(self, vocab_size: int, special_ids: Sequence[int]):
+        super().__init__()
+        self.idf = nn.Parameter(torch.ones(vocab_size))
+        self.sem_weight = nn.Parameter(torch.tensor(10.0))
+        self.lex_weight = nn.Parameter(torch.tensor(0.1))
+        self.register_buffer("avg_doc_len", torch.tensor(100.0))
+        self.register_buffer("special_ids", torch.tensor(sorted(set(special_ids)), dtype=torch.long))
+
+    def features(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cosine, lexical)``, each ``[batch]`` fp32, from the last hidden states and the inputs."""
+        hidden = hidden.float()
+        valid = attention_mask.bool()
+        query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
+        q_vec = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp(min=1)
+        d_vec = (hidden * doc.unsqueeze(-1)).sum(1) / doc.sum(1, keepdim=True).clamp(min=1)
+        cosine = torch.nn.functional.cosine_similarity(q_vec, d_vec, dim=-1, eps=1e-6)
+        special = (input_ids.unsqueeze(-1) == self.special_ids).any(-1)
+        q_terms, d_terms = query & ~special, doc & ~special
+        match = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)) & q_terms.unsqueeze(2) & d_terms.unsqueeze(1)
+        tf = match.float().sum(-1)  # [batch, len]: how often each query piece occurs in the document
+        doc_len = d_terms.float().sum(-1, keepdim=True)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * doc_len / self.avg_doc_len)
+        saturated = tf * (BM25_K1 + 1) / (tf + norm)
+        lexical = (self.idf[input_ids] * saturated * q_terms.float()).sum(-1)
+        return cosine, lexical
+
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        cosine, lexical = self.features(hidden, input_ids, attention_mask, token_type_ids)
+        return self.sem_weight * cosine + self.lex_weight * lexical
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(folder) / HEAD_FILE
+        save_file({k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.contiguous().cpu()
+                   for k, v in self.state_dict().items()}, str(path))
+        return path
+
+    def load(self, folder: str | Path) -> bool:
+        """Load ``folder/hybrid_head.safetensors`` when it is there; ``False`` when it is not (a new head)."""
+        from safetensors.torch import load_file
+
+        path = Path(folder) / HEAD_FILE
+        if not path.is_file():
+            return False
+        state = load_file(str(path))
+        if state.get("idf") is None or state["idf"].shape != self.idf.shape:
+            raise RerankerError(f"{path}: its term weights do not match the tokenizer's {self.idf.shape[0]} entries")
+        self.load_state_dict(state)
+        return True
+
+
+def document_frequencies(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, float]:
+    """Word-piece document frequencies ``[vocab]`` of ``texts`` (each cut to ``max_tokens``) and their mean length."""
+    df = torch.zeros(len(tokenizer))
+    lengths = []
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+    for row in ids:
+        lengths.append(len(row))
+        if row:
+            df[torch.tensor(sorted(set(row)))] += 1
+    return df, (sum(lengths) / len(lengths)) if lengths else 100.0
+
+
+def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, batch_size: int = 32) -> dict[str, float]:
+    """Initialise a student's hybrid head from the training groups before the first step.
+
+    Term weights: BM25's IDF, ``log(1 + (N - df + 0.5) / (df + 0.5))``, over the groups' distinct
+    passages; the classifier's output layer at zero; ``sem_weight`` and ``lex_weight`` by least
+    squares of the teacher's scores on the two features, both centred per query (only the order
+    within a query matters), on up to ``max_groups`` groups. Returns the fitted figures.
+    """
+    head: HybridHead = student.hybrid
+    texts = list({c.doc_id: c.text for g in groups for c in g.candidates}.values())
+    if not texts:
+        raise RerankerError("fit_hybrid_head: the groups have no candidate texts")
+    cfg = student.config
+    df, avg_len = document_frequencies(student.tokenizer, texts, cfg.max_length - cfg.query_max_length)
+    n = len(texts)
+    with torch.no_grad():
+        head.idf.copy_(torch.log1p((n - df + 0.5) / (df + 0.5)))
+        head.avg_doc_len.fill_(max(avg_len, 1.0))
+        classifier = student.model.classifier
+        out = classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+        out.weight.zero_()
+        if out.bias is not None:
+            out.bias.zero_()
+    rows = []
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.inference_mode():
+            for g in groups[:max_groups]:
+                pairs = [(g.query, c.text) for c in g.candidates]
+                feats = []
+                for start in range(0, len(pairs), batch_size):
+                    chunk = pairs[start : start + batch_size]
+                    enc = {k: v.to(student.device) for k, v in student.encode([q for q, _ in chunk], [d for _, d in chunk]).items()}
+                    feats.append(torch.stack(student.hybrid_features(**enc), dim=-1).cpu())
+                x = torch.cat(feats).double()
+                y = torch.tensor([c.score for c in g.candidates], dtype=torch.float64)
+                rows.append((x - x.mean(0), y - y.mean()))
+    finally:
+        student.train(was_training)
+    x = torch.cat([r[0] for r in rows])
+    y = torch.cat([r[1] for r in rows])
+    # both features on a unit scale, then a ridge-stabilised least-squares fit; weights kept >= a small floor
+    scale = x.std(0).clamp(min=1e-6)
+    xs = x / scale
+    coef = torch.linalg.solve(xs.T @ xs + 1e-3 * len(xs) * torch.eye(2, dtype=xs.dtype), xs.T @ y) / scale
+    floor = 0.05 * y.std().item() / scale
+    sem, lex = (max(float(coef[i]), float(floor[i])) for i in range(2))
+    with torch.no_grad():
+        head.sem_weight.fill_(sem)
+        head.lex_weight.fill_(lex)
+    pred = x @ torch.tensor([sem, lex], dtype=torch.float64)
+    r2 = 1 - float(((y - pred) ** 2).sum() / (y**2).sum().clamp(min=1e-12))
+    fitted = {"sem_weight": sem, "lex_weight": lex, "r2": r2, "passages": n, "avg_doc_len": float(head.avg_doc_len),
+              "groups": len(rows)}
+    log.info("hybrid head initialised: %s", {k: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v for k, v in fitted.items()})
+    return fitted
