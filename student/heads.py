@@ -35,6 +35,8 @@ from torch import nn
 
 from reranker.errors import RerankerError
 
+from .losses import listwise_kl
+
 log = logging.getLogger(__name__)
 
 HEAD_FILE = "hybrid_head.safetensors"
@@ -110,13 +112,15 @@ def document_frequencies(tokenizer: Any, texts: Sequence[str], max_tokens: int) 
     return df, (sum(lengths) / len(lengths)) if lengths else 100.0
 
 
-def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, batch_size: int = 32) -> dict[str, float]:
+def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, batch_size: int = 32,
+                    temperature: float = 1.0) -> dict[str, float]:
     """Initialise a student's hybrid head from the training groups before the first step.
 
     Term weights: BM25's IDF, ``log(1 + (N - df + 0.5) / (df + 0.5))``, over the groups' distinct
     passages; the classifier's output layer at zero; ``sem_weight`` and ``lex_weight`` by least
     squares of the teacher's scores on the two features, both centred per query (only the order
-    within a query matters), on up to ``max_groups`` groups. Returns the fitted figures.
+    within a query matters), then refined to minimise the listwise KL to the teacher at
+    ``temperature``, on up to ``max_groups`` groups. Returns the fitted figures.
     """
     head: HybridHead = student.hybrid
     texts = list({c.doc_id: c.text for g in groups for c in g.candidates}.values())
@@ -150,20 +154,44 @@ def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, b
                 rows.append((x - x.mean(0), y - y.mean()))
     finally:
         student.train(was_training)
+    # least squares on the per-query centred values gives the starting point (both weights kept >= a small
+    # floor); then the two weights minimise the distillation loss itself (listwise KL at the run's temperature)
     x = torch.cat([r[0] for r in rows])
     y = torch.cat([r[1] for r in rows])
-    # both features on a unit scale, then a ridge-stabilised least-squares fit; weights kept >= a small floor
     scale = x.std(0).clamp(min=1e-6)
     xs = x / scale
     coef = torch.linalg.solve(xs.T @ xs + 1e-3 * len(xs) * torch.eye(2, dtype=xs.dtype), xs.T @ y) / scale
     floor = 0.05 * y.std().item() / scale
-    sem, lex = (max(float(coef[i]), float(floor[i])) for i in range(2))
+    start = torch.maximum(coef, floor)
+    width = max(len(r[1]) for r in rows)
+    feats = torch.zeros(len(rows), width, 2, dtype=torch.float64)
+    target = torch.zeros(len(rows), width, dtype=torch.float64)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (xi, yi) in enumerate(rows):
+        feats[i, : len(yi)], target[i, : len(yi)], mask[i, : len(yi)] = xi, yi, True
+    log_w = start.log().clone().requires_grad_(True)
+    kl = lambda w: listwise_kl((feats * w).sum(-1), target, temperature=temperature, mask=mask)  # noqa: E731
+    with torch.enable_grad():
+        kl_start = float(kl(start))
+        opt = torch.optim.LBFGS([log_w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = kl(log_w.exp())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    weights = log_w.detach().exp()
+    if not torch.isfinite(weights).all() or float(kl(weights)) > kl_start:
+        weights = start
+    sem, lex = float(weights[0]), float(weights[1])
     with torch.no_grad():
         head.sem_weight.fill_(sem)
         head.lex_weight.fill_(lex)
-    pred = x @ torch.tensor([sem, lex], dtype=torch.float64)
+    pred = x @ weights
     r2 = 1 - float(((y - pred) ** 2).sum() / (y**2).sum().clamp(min=1e-12))
-    fitted = {"sem_weight": sem, "lex_weight": lex, "r2": r2, "passages": n, "avg_doc_len": float(head.avg_doc_len),
-              "groups": len(rows)}
+    fitted = {"sem_weight": sem, "lex_weight": lex, "r2": r2, "kl_least_squares": kl_start, "kl": float(kl(weights)),
+              "passages": n, "avg_doc_len": float(head.avg_doc_len), "groups": len(rows)}
     log.info("hybrid head initialised: %s", {k: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v for k, v in fitted.items()})
     return fitted

@@ -239,6 +239,8 @@ class CrossEncoderStudent(Student):
             raise RerankerError(f"max_length {config.max_length} exceeds the model's {limit} positions; pass max_length={limit} or less")
         super().__init__(model, tokenizer, config)
         self.hybrid: HybridHead | None = None
+        #: True until the hybrid head is fitted or loaded (training fits a new head before its first step)
+        self.head_is_new = True
         if config.head == "hybrid":
             if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
                 raise RerankerError(
@@ -253,15 +255,33 @@ class CrossEncoderStudent(Student):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         if token_type_ids is None:
             raise RerankerError("the hybrid head needs token_type_ids (the tokenizer's pair encoding makes them)")
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
-        return out.logits[:, 0].float() + self.hybrid(out.hidden_states[-1], input_ids, attention_mask, token_type_ids)
+        logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+        return logit + self.hybrid(self.separate_states(input_ids, attention_mask, token_type_ids), input_ids, attention_mask, token_type_ids)
+
+    def separate_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the query and the document encoded apart, as the bi-encoder was trained.
+
+        One pass over the pair with a block-diagonal attention mask (each segment attends only to
+        itself), positions restarting at 0 in each segment and token type 0 throughout: the query
+        segment ``[CLS] q [SEP]`` and the document segment ``[CLS] d [SEP]`` (the hybrid encoding
+        gives the document its own ``[CLS]``) get exactly the states the bi-encoder gives them.
+        """
+        valid = attention_mask.bool()
+        same = (token_type_ids.unsqueeze(2) == token_type_ids.unsqueeze(1)) & valid.unsqueeze(1)
+        embeddings = self.model.get_input_embeddings().weight
+        mask = torch.zeros(same.shape, dtype=embeddings.dtype, device=same.device).masked_fill(~same, torch.finfo(embeddings.dtype).min)
+        is_doc = token_type_ids == 1
+        position_ids = torch.where(is_doc, torch.cumsum(is_doc.long(), dim=1), torch.cumsum((~is_doc).long(), dim=1)) - 1
+        out = self.model.base_model(input_ids=input_ids, attention_mask=mask.unsqueeze(1), token_type_ids=torch.zeros_like(token_type_ids),
+                                    position_ids=position_ids)
+        return out.last_hidden_state
 
     def hybrid_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The hybrid head's ``(cosine, lexical)`` features ``[batch]`` (the classifier logit left out)."""
         if self.hybrid is None:
             raise RerankerError("this student has no hybrid head")
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, output_hidden_states=True)
-        return self.hybrid.features(out.hidden_states[-1], input_ids, attention_mask, token_type_ids)
+        hidden = self.separate_states(input_ids, attention_mask, token_type_ids)
+        return self.hybrid.features(hidden, input_ids, attention_mask, token_type_ids)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = super().save_pretrained(folder)
@@ -288,8 +308,9 @@ class CrossEncoderStudent(Student):
         except (OSError, ValueError) as exc:
             raise RerankerError(f"could not load the cross-encoder {str(model)!r}: {exc}") from None
         student = cls(hf, tokenizer, student_config)
-        if student.hybrid is not None and not student.hybrid.load(source) and (Path(source) / CONFIG_NAME).is_file() \
-                and StudentConfig.load(source).head == "hybrid":
+        if student.hybrid is not None and student.hybrid.load(source):
+            student.head_is_new = False
+        elif student.hybrid is not None and (Path(source) / CONFIG_NAME).is_file() and StudentConfig.load(source).head == "hybrid":
             raise RerankerError(f"{source}: a hybrid student without its head weights ({HEAD_FILE})")
         return student.to(device or "cpu")
 

@@ -44,7 +44,7 @@ class DistillConfig(BaseModel):
     dev: Path | None = Field(None, description="Dev groups for evaluation during training.")
     dev_qrels: Path | None = Field(None, description="Human qrels for the dev queries (optional).")
     student: Literal["cross-encoder", "t5"] = "cross-encoder"
-    head: Literal["classifier", "hybrid"] = Field("classifier", description="Cross-encoder score head: the classification logit, or hybrid (+ mean-pooled cosine + learned-IDF term match, fitted to the teacher before the first step; student.heads).")
+    head: Literal["classifier", "hybrid"] | None = Field(None, description="Cross-encoder score head (default hybrid): the classification logit alone, or hybrid: + mean-pooled cosine + learned-IDF term match, fitted to the teacher before the first step (student.heads). T5 students have their own.")
     base_model: str = Field("all-MiniLM-L6-v2", description="Hub id or folder to start from.")
     model_config_overrides: dict[str, Any] | None = Field(None, description="Random init from this transformers config instead.")
     tokenizer: str | None = Field(None, description="Tokenizer (hub id or folder) for a random init.")
@@ -126,11 +126,13 @@ def bf16_supported() -> tuple[bool, str]:
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(), torch.cuda.get_device_name()
+    # native bf16 only (AVX512-BF16 or AMX): oneDNN also "supports" bf16 on plain AVX512 by emulation, which
+    # measured 3x slower than fp32 on such a CPU (benchmarks/results/student_curve.md)
     try:
-        ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        ok = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
         ok = False
-    return ok, f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+    return ok, f"this CPU ({torch.backends.cpu.get_cpu_capability()}, {'with' if ok else 'without'} AVX512-BF16/AMX)"
 
 
 def resolve_bf16(wanted: bool | None) -> bool:
@@ -150,8 +152,8 @@ def build_student(cfg: DistillConfig):
     cls = T5Student if cfg.student == "t5" else CrossEncoderStudent
     extra = {"max_length": cfg.max_length, "query_max_length": cfg.query_max_length}
     if cfg.student == "cross-encoder":
-        extra["head"] = cfg.head
-    elif cfg.head != "classifier":
+        extra["head"] = cfg.head or "hybrid"
+    elif cfg.head not in (None, "classifier"):
         raise RerankerError(f"head {cfg.head!r} is for cross-encoder students; a T5 student scores with logit(true) - logit(false)")
     if cfg.model_config_overrides is not None:
         from transformers import AutoTokenizer
@@ -248,11 +250,11 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ckpt = out / "checkpoint"
     head_init = None
-    if getattr(student, "hybrid", None) is not None and not (cfg.resume and (ckpt / "trainer_state.json").is_file()):
+    if getattr(student, "hybrid", None) is not None and student.head_is_new and not (cfg.resume and (ckpt / "trainer_state.json").is_file()):
         from .heads import fit_hybrid_head
 
         with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            head_init = fit_hybrid_head(student, train_groups)
+            head_init = fit_hybrid_head(student, train_groups, temperature=cfg.temperature)
     optimizer = torch.optim.AdamW(parameter_groups(student, cfg), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train_groups) / (cfg.batch_queries * cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))

@@ -212,7 +212,7 @@ def test_bf16_is_chosen_by_the_hardware_and_refused_where_it_is_missing(groups, 
 
     assert train.resolve_bf16(False) is False
     assert train.resolve_bf16(None) is train.bf16_supported()[0]
-    monkeypatch.setattr(train, "bf16_supported", lambda: (False, "CPU (AVX2)"))
+    monkeypatch.setattr(train, "bf16_supported", lambda: (False, "this CPU (AVX2)"))
     assert train.resolve_bf16(None) is False  # unset: fp32 where bf16 is missing, no error
     with pytest.raises(RerankerError, match=r"bf16 was asked for .* CPU \(AVX2\) has no bf16 support"):
         distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "bf16", bf16=True, max_steps=1)), progress=False)

@@ -300,7 +300,7 @@ def test_hybrid_score_is_logit_plus_weighted_cosine_and_bm25(hybrid_student):
     enc = s.encode([q for q, _ in pairs], [d for _, d in pairs])
     with torch.no_grad():
         logits = s.model(**enc).logits[:, 0]
-        hidden = s.model(**enc, output_hidden_states=True).hidden_states[-1]
+        hidden = s.separate_states(**enc)
         cosine, lexical = s.hybrid_features(**enc)
     special = set(s.tokenizer.all_special_ids)
     idf = s.hybrid.idf.tolist()
@@ -315,6 +315,22 @@ def test_hybrid_score_is_logit_plus_weighted_cosine_and_bm25(hybrid_student):
         assert cosine[i].item() == pytest.approx(expected.item(), abs=1e-5)
     assert lexical[3] > 0 and lexical[4] == 0 and lexical[-1] > lexical[3]  # shared words count, repeated ones more
     np.testing.assert_allclose(s.score(pairs), (logits + 2.5 * cosine + 0.7 * lexical).numpy(), rtol=0, atol=1e-5)
+
+
+def test_hybrid_states_are_the_bi_encoders(hybrid_student):
+    """The semantic term reads the query and the document encoded apart, exactly as the backbone encodes each alone."""
+    s = hybrid_student.eval()
+    enc = s.encode([q for q, _ in PAIRS], [d for _, d in PAIRS])
+    assert (enc["input_ids"][:, 0] == s.tokenizer.cls_token_id).all()
+    with torch.no_grad():
+        joint = s.separate_states(**enc)
+        for i, (q, d) in enumerate(PAIRS):
+            types, mask = enc["token_type_ids"][i], enc["attention_mask"][i].bool()
+            for text, rows in ((q, mask & (types == 0)), (d, mask & (types == 1))):
+                alone = s.tokenizer(text, return_tensors="pt", truncation=True, max_length=int(rows.sum()))
+                assert alone["input_ids"].shape[1] == int(rows.sum())  # "[CLS] text [SEP]", as in the pair
+                states = s.model.base_model(**alone).last_hidden_state[0]
+                torch.testing.assert_close(joint[i, rows], states, rtol=0, atol=1e-5)
 
 
 def test_hybrid_fit_recovers_a_linear_teacher_and_zeroes_the_classifier(tmp_path):
