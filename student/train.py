@@ -10,7 +10,7 @@ scores them with the student, and applies the configured mix of losses
 Every ``eval_every`` steps the student re-ranks the dev groups and is scored with ranx:
 ``teacher_ndcg@10`` (gains from the teacher's labels: how well the student agrees with its
 teacher) and, with ``dev_qrels``, nDCG@10 against human judgements. The best checkpoint is
-kept, training stops early after ``patience`` evaluations without improvement, and a
+kept (the untrained starting point is the first candidate), training stops early after ``patience`` evaluations without improvement, and a
 ``checkpoint/`` folder (weights, optimiser, scheduler, RNG states, step) lets a crashed run
 resume where it stopped. The result is ``OUTPUT/model``: a student folder that
 :func:`student.models.load_student` opens, with a model card (``README.md``).
@@ -291,6 +291,11 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         state["initial_metrics"] = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
         model.train()
         log.info("before training: %s", state["initial_metrics"])
+        # the starting point is a candidate too: a fitted hybrid head can already agree with the teacher better
+        # than a few hundred steps do, and model selection must never return a worse student than it began with
+        state.update(best=state["initial_metrics"]["teacher_ndcg@10"], best_step=0, best_metrics=state["initial_metrics"])
+        if acc.is_main_process:
+            unwrapped.save_pretrained(out / "model")
     bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
     end = min(total, cfg.stop_after or total)  # stop_after splits one run over several invocations (time-boxed jobs)
     while state["step"] < end:

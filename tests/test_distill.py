@@ -219,3 +219,16 @@ def test_bf16_is_chosen_by_the_hardware_and_refused_where_it_is_missing(groups, 
     monkeypatch.setattr(train, "bf16_supported", lambda: (True, "CPU (AVX512)"))
     summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "on", bf16=None, max_steps=2)), progress=False)
     assert summary["bf16"] is True and summary["steps"] == 2  # autocast runs (emulated where the CPU lacks it)
+
+
+def test_model_selection_keeps_the_starting_point_when_training_only_makes_it_worse(groups, tokenizers, tmp_path):
+    """The fitted starting point is the first candidate of model selection: a run whose steps do not raise the
+    agreement with the teacher (a learning rate far too high) returns the student it began with."""
+    torch.set_num_threads(1)
+    summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "w", head="hybrid", lr=0.5, head_lr=0.5,
+                                            max_steps=4, eval_every=2, patience=1)), progress=False)
+    evals = [h["teacher_ndcg@10"] for h in summary["history"] if "teacher_ndcg@10" in h]
+    assert evals and max(evals) <= summary["initial_metrics"]["teacher_ndcg@10"]  # training did not improve on it
+    assert summary["best_step"] == 0 and summary["best_metrics"] == summary["initial_metrics"]
+    assert summary["steps"] == 2  # patience 1: stopped after the first evaluation that did not improve
+    assert "(best at 0)" in (tmp_path / "w" / "model" / "README.md").read_text()
