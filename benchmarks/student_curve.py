@@ -109,26 +109,19 @@ def main() -> None:
                 cfg = summary["config"]
                 results[key] = {
                     "row": row, "seed": seed, "step": summary["steps"], "pairs": summary["steps"] * cfg["batch_queries"] * cfg["group_size"],
-                    "seconds": round(summary["seconds"], 1), "ndcg@10": ev[run.stem]["ndcg@10"] if run.stem in ev else list(ev.values())[-1]["ndcg@10"],
+                    "seconds": round(summary["seconds"], 1), "ndcg@10": ev[run.stem]["ndcg@10"],
                     "agreement": (summary.get("best_metrics") or {}).get("teacher_ndcg@10"),
                     "agreement_before": (summary.get("initial_metrics") or {}).get("teacher_ndcg@10"),
                     "best_step": summary["best_step"], "head_init": summary.get("head_init"), "bf16": summary.get("bf16"),
-                    "p_vs_bm25": _p_value(report), "config": {k: cfg[k] for k in ("head", "lr", "head_lr", "max_length", "losses", "temperature")},
+                    "p_vs_bm25": _p_value(report, run.stem), "config": {k: cfg[k] for k in ("head", "lr", "head_lr", "max_length", "losses", "temperature")},
                 }
                 (w / "curve.json").write_text(json.dumps(results, indent=2))
     write_results(results, base, args, w, t)
 
 
-def _p_value(report: dict) -> float | None:
-    """The paired test's p-value between the two runs of a report, where the report has it."""
-    for name, entry in (report.get("p_values") or report.get("tests") or {}).items():
-        if isinstance(entry, dict):
-            for other, value in entry.items():
-                if isinstance(value, dict) and "ndcg@10" in value:
-                    return value["ndcg@10"]
-                if other == "ndcg@10" and isinstance(value, (int, float)):
-                    return value
-    return None
+def _p_value(report: dict, run: str) -> float | None:
+    """The paired test's p-value (nDCG@10) of ``run`` against BM25 in an `evaluate --report` JSON."""
+    return report["p_values"].get(run, {}).get("bm25", {}).get("ndcg@10")
 
 
 def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> None:

@@ -8,17 +8,18 @@ them:
 
 ``score = classifier(CLS) + w_sem * cos(mean(query states), mean(document states)) + w_lex * lexical``
 
-- **semantic**: the cosine of the mean-pooled query and document token states of the joint
-  encoding, the pooling the bi-encoder was trained with (Reimers & Gurevych 2019,
-  "Sentence-BERT"), so the untrained student already ranks roughly like its bi-encoder;
+- **semantic**: the cosine of the mean-pooled query and document token states, read with the
+  two encoded apart (:meth:`CrossEncoderStudent.separate_states`: a second pass with a
+  block-diagonal mask), the pooling the bi-encoder was trained with (Reimers & Gurevych 2019,
+  "Sentence-BERT"), so the untrained student already ranks exactly like its bi-encoder here;
 - **lexical**: a BM25-shaped exact-match score over word pieces (Robertson & Zaragoza 2009)
   with a learned weight per vocabulary entry, initialised to the IDF of the training passages
   (learned term weights as in DeepCT, Dai & Callan 2020; exact-match channels as in the Duet
   model, Mitra et al. 2017): the lexical matching a first stage does, in the student itself.
 
-The classifier starts at zero; the two weights are fitted by least squares to the teacher's
-scores on training groups before the first step (:func:`fit_hybrid_head`), so the untrained
-student approximates its teacher. Everything is tensor arithmetic on the model's inputs
+The classifier starts at zero; the two weights are fitted to the teacher's scores on training
+groups before the first step (least squares, then the listwise KL; :func:`fit_hybrid_head`), so
+the untrained student approximates its teacher. Everything is tensor arithmetic on the model's inputs
 (Equal, ReduceSum, Gather), so the head exports to ONNX in the same graph.
 """
 

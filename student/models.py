@@ -251,11 +251,11 @@ class CrossEncoderStudent(Student):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         if self.hybrid is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
+            return logit
         if token_type_ids is None:
             raise RerankerError("the hybrid head needs token_type_ids (the tokenizer's pair encoding makes them)")
-        logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         return logit + self.hybrid(self.separate_states(input_ids, attention_mask, token_type_ids), input_ids, attention_mask, token_type_ids)
 
     def separate_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,7 @@ def bf16_supported() -> tuple[bool, str]:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(), torch.cuda.get_device_name()
     # native bf16 only (AVX512-BF16 or AMX): oneDNN also "supports" bf16 on plain AVX512 by emulation, which
-    # measured 3x slower than fp32 on such a CPU (benchmarks/results/student_curve.md)
+    # trains at half and infers at a third of fp32's speed on such a CPU (benchmarks/results/bf16_cpu.md)
     try:
         ok = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
