@@ -7,14 +7,16 @@ the student is distilled with ``reranker distill`` and stopped at each of ``--po
 one schedule, ``--stop-after``); at each point its model (the best on the synthetic dev set so
 far) is exported to ONNX and re-ranks bm25s's top ``--top-k`` for the 300 test queries through
 the int8 graph, as it is served. Recorded per point: training pairs, training seconds, nDCG@10
-on the test qrels, agreement with the teacher on the dev groups (nDCG@10 with the teacher's
-labels as gains), and a paired t-test against BM25.
+on the test qrels, agreement with the teacher on the dev groups (the listwise KL that model
+selection reads, and nDCG@10 with the teacher's labels as gains), the step model selection
+kept, and a paired t-test against BM25. The dev agreement at every ``--eval-every`` steps comes
+from the run's history at no extra cost and is plotted against pairs and seconds.
 
 Rows: ``recipe`` (the defaults of ``reranker distill``) and each lever changed alone
 (:data:`ROWS`). ``--seeds`` trains the recipe with several seeds (mean and sd of the last point).
 
 Writes ``benchmarks/results/student_curve.{md,json,png}``.
-Usage: ``python benchmarks/student_curve.py [--work /tmp/student-curve] [--rows recipe,classifier-head] [--seeds 0,1,2] [--points 60,180]``
+Usage: ``python benchmarks/student_curve.py [--work /tmp/student-curve] [--rows recipe,classifier-head] [--seeds 0,1,2] [--points 60,180] [--eval-every 20]``
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="Seeds of the recipe row (other rows use the first).")
     ap.add_argument("--points", default="60,180", help="Steps at which the student is evaluated; the last ends the schedule.")
     ap.add_argument("--top-k", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=20, help="Dev evaluations (model selection, agreement curve) every this many steps.")
     args = ap.parse_args()
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
@@ -95,7 +98,7 @@ def main() -> None:
                 for k, v in ROWS[row].items():
                     opts += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else v]
                 sh([EXE, "-q", "distill", "--train", w / "train.jsonl", "--dev", w / "dev.jsonl", "--output-dir", out,
-                    "--max-steps", points[-1], "--stop-after", point, "--eval-every", points[0], "--patience", 100, "--seed", seed,
+                    "--max-steps", points[-1], "--stop-after", point, "--eval-every", args.eval_every, "--patience", 100, "--seed", seed,
                     "--teacher", "ensemble (bm25 + all-MiniLM-L6-v2)", *opts], t, f"distil {tag} to step {point}")
                 summary = json.loads((out / "summary.json").read_text())
                 onnx = out / f"onnx-{point}"
@@ -107,11 +110,18 @@ def main() -> None:
                                     "--json"], t, f"evaluate {key}"))
                 report = json.loads((w / f"report-{tag}-{point}.json").read_text())
                 cfg = summary["config"]
+                pairs_per_step = cfg["batch_queries"] * cfg["group_size"]
+                seconds_per_step = summary["seconds"] / max(summary["steps"], 1)
+                curve = [{"step": 0, "pairs": 0, "seconds": 0.0, "kl": (summary.get("initial_metrics") or {}).get("teacher_kl")}]
+                curve += [{"step": h["step"], "pairs": h["step"] * pairs_per_step, "seconds": round(h["step"] * seconds_per_step, 1),
+                           "kl": h["teacher_kl"]} for h in summary["history"] if "teacher_kl" in h]
                 results[key] = {
-                    "row": row, "seed": seed, "step": summary["steps"], "pairs": summary["steps"] * cfg["batch_queries"] * cfg["group_size"],
+                    "row": row, "seed": seed, "step": summary["steps"], "pairs": summary["steps"] * pairs_per_step,
                     "seconds": round(summary["seconds"], 1), "ndcg@10": ev[run.stem]["ndcg@10"],
                     "agreement": (summary.get("best_metrics") or {}).get("teacher_ndcg@10"),
                     "agreement_before": (summary.get("initial_metrics") or {}).get("teacher_ndcg@10"),
+                    "dev_kl": (summary.get("best_metrics") or {}).get("teacher_kl"),
+                    "dev_kl_before": (summary.get("initial_metrics") or {}).get("teacher_kl"), "dev_curve": curve,
                     "best_step": summary["best_step"], "head_init": summary.get("head_init"), "bf16": summary.get("bf16"),
                     "p_vs_bm25": _p_value(report, run.stem), "config": {k: cfg[k] for k in ("head", "lr", "head_lr", "max_length", "losses", "temperature")},
                 }
@@ -136,14 +146,16 @@ def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> No
         f"Made by `python benchmarks/student_curve.py --rows {args.rows} --seeds {args.seeds} --points {args.points} --top-k {args.top_k}` "
         f"on {time.strftime('%Y-%m-%d')} ({env['cores']} cores, torch {env['torch']}). Students re-rank bm25s's top {args.top_k} "
         f"for the 300 test queries through their ONNX int8 export. BM25 {bm25:.4f}, teacher (ensemble) {teacher:.4f} nDCG@10.", "",
-        "| row | seed | step | pairs | train s | nDCG@10 | p vs BM25 | dev agreement (before -> best) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| row | seed | step | pairs | train s | kept step | nDCG@10 | p vs BM25 | dev KL (before -> kept) | dev teacher-nDCG@10 (before -> kept) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for key, r in sorted(results.items(), key=lambda kv: (kv[1]["row"] != "recipe", kv[1]["row"], kv[1]["seed"], kv[1]["step"])):
         p = "-" if r["p_vs_bm25"] is None else f"{r['p_vs_bm25']:.3g}"
         before = "-" if r["agreement_before"] is None else f"{r['agreement_before']:.4f}"
         after = "-" if r["agreement"] is None else f"{r['agreement']:.4f}"
-        lines.append(f"| {r['row']} | {r['seed']} | {r['step']} | {r['pairs']} | {r['seconds']:.0f} | {r['ndcg@10']:.4f} | {p} | {before} -> {after} |")
+        kl = "-" if r.get("dev_kl") is None else f"{r['dev_kl_before']:.4f} -> {r['dev_kl']:.4f}"
+        lines.append(f"| {r['row']} | {r['seed']} | {r['step']} | {r['pairs']} | {r['seconds']:.0f} | {r['best_step']} | {r['ndcg@10']:.4f} | {p} | {kl} | "
+                     f"{before} -> {after} |")
     last = max(r["step"] for r in results.values()) if results else 0
     finals = [r["ndcg@10"] for r in results.values() if r["row"] == "recipe" and r["step"] == last]
     if len(finals) > 1:
@@ -161,17 +173,22 @@ def _plot(results: dict, bm25: float, teacher: float) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for (row, seed) in sorted({(r["row"], r["seed"]) for r in results.values()}):
         pts = sorted((r for r in results.values() if r["row"] == row and r["seed"] == seed), key=lambda r: r["step"])
         label = f"{row} (seed {seed})"
         axes[0].plot([r["pairs"] for r in pts], [r["ndcg@10"] for r in pts], marker="o", label=label)
         axes[1].plot([r["seconds"] for r in pts], [r["ndcg@10"] for r in pts], marker="o", label=label)
+        dev = max(pts, key=lambda r: r["step"]).get("dev_curve") or []
+        if dev:
+            axes[2].plot([c["pairs"] for c in dev], [c["kl"] for c in dev], marker=".", label=label)
     for ax, xlabel in zip(axes, ("training pairs", "training seconds (2-core CPU)")):
         ax.axhline(bm25, color="grey", linestyle="--", label="BM25")
         ax.axhline(teacher, color="black", linestyle=":", label="teacher")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("SciFact nDCG@10 (ONNX int8)")
+    axes[2].set_xlabel("training pairs")
+    axes[2].set_ylabel("dev listwise KL to the teacher (lower agrees more)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "student_curve.png", dpi=110)

@@ -16,6 +16,13 @@ them:
   with a learned weight per vocabulary entry, initialised to the IDF of the training passages
   (learned term weights as in DeepCT, Dai & Callan 2020; exact-match channels as in the Duet
   model, Mitra et al. 2017): the lexical matching a first stage does, in the student itself.
+  It is divided by the most the query can score (every term matched at saturation,
+  ``sum idf * (k1 + 1)``), so it is the share of the query's term weight that the document
+  matches, in [0, 1]. Raw BM25 grows with the query's length while the cosine does not; a
+  weight fitted on one query form (long synthetic sentences) would then be wrong for another
+  (short typed queries). The teacher's per-query standardisation of BM25 is invariant to that
+  scale too; on SciFact's synthetic groups the normalised term lowered the fitted listwise KL
+  from 0.176 to 0.140.
 
 The classifier starts at zero; the two weights are fitted to the teacher's scores on training
 groups before the first step (least squares, then the listwise KL; :func:`fit_hybrid_head`), so
@@ -51,13 +58,13 @@ class HybridHead(nn.Module):
         super().__init__()
         self.idf = nn.Parameter(torch.ones(vocab_size))
         self.sem_weight = nn.Parameter(torch.tensor(10.0))
-        self.lex_weight = nn.Parameter(torch.tensor(0.1))
+        self.lex_weight = nn.Parameter(torch.tensor(5.0))
         self.register_buffer("avg_doc_len", torch.tensor(100.0))
         self.register_buffer("special_ids", torch.tensor(sorted(set(special_ids)), dtype=torch.long))
 
     def features(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cosine, lexical)``, each ``[batch]`` fp32, from the last hidden states and the inputs."""
+        """``(cosine, lexical)``, each ``[batch]`` fp32, from the last hidden states and the inputs (lexical in [0, 1])."""
         hidden = hidden.float()
         valid = attention_mask.bool()
         query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
@@ -71,7 +78,8 @@ class HybridHead(nn.Module):
         doc_len = d_terms.float().sum(-1, keepdim=True)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * doc_len / self.avg_doc_len)
         saturated = tf * (BM25_K1 + 1) / (tf + norm)
-        lexical = (self.idf[input_ids] * saturated * q_terms.float()).sum(-1)
+        weight = self.idf[input_ids] * q_terms.float()
+        lexical = (weight * saturated).sum(-1) / (weight.sum(-1) * (BM25_K1 + 1)).clamp(min=1e-6)
         return cosine, lexical
 
     def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

