@@ -237,3 +237,18 @@ def test_model_selection_keeps_the_starting_point_when_training_only_makes_it_wo
     assert summary["best_step"] == 0 and summary["best_metrics"] == summary["initial_metrics"]
     assert summary["steps"] == 2  # patience 1: stopped after the first evaluation that did not improve
     assert "(best at 0)" in (tmp_path / "w" / "model" / "README.md").read_text()
+
+
+def test_the_pair_budget_bounds_a_run_whatever_the_corpus_size(groups, tokenizers, tmp_path):
+    """max_pairs ends the run at whichever of epochs and the budget comes first; max_steps overrides both."""
+    torch.set_num_threads(1)
+    # 15 train groups, 4 per step: 4 steps an epoch; 10 epochs = 40 steps, but 60 pairs of 20 per step = 3 steps
+    budget = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "b", epochs=10, max_pairs=60, eval_every=50)),
+                     progress=False)
+    assert budget["steps"] == budget["total_steps"] == 3
+    epochs = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "e", epochs=1, max_pairs=10_000, eval_every=50)),
+                     progress=False)
+    assert epochs["total_steps"] == 4
+    steps = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "s", max_pairs=20, max_steps=5, eval_every=50)),
+                    progress=False)
+    assert steps["total_steps"] == 5
