@@ -95,17 +95,19 @@ def main() -> None:
             entry["report"] = json.loads((folder / "report.json").read_text())
         else:
             entry["report_md"] = (folder / "run" / "evaluation" / "report.md").read_text().strip()
-            entry["report"] = json.loads((folder / "run" / "evaluation" / "report.json").read_text())
+            evaluation = json.loads((folder / "run" / "evaluation" / "report.json").read_text())
+            entry["report"] = evaluation["comparison"]  # the same layout as `reranker evaluate --report`
+            entry["pairs_per_second"] = evaluation.get("pairs_per_second")
         results[name] = json.loads(machine_independent(json.dumps(entry), args.work))
     env = environment("torch", "transformers", "onnxruntime")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"corpora": results, "env": env}, indent=2) + "\n")
     lines = [
         "# The default pipeline on corpora it was not tuned on", "",
-        f"Made by `python benchmarks/pipeline_corpora.py --corpora {args.corpora}` on {time.strftime('%Y-%m-%d')} "
-        f"({env['cores']} cores, torch {env['torch']}). Each corpus runs through `reranker pipeline run` with a config that "
-        "names only the corpus (and the judged data to evaluate on): every other setting is the default. No human label is "
-        "used before the evaluation. Superscripts: significantly better than that run (paired t-test, p < 0.05).", "",
+        (f"Made by `python benchmarks/pipeline_corpora.py --corpora {args.corpora}` on {time.strftime('%Y-%m-%d')} "
+         f"({env['cores']} cores, torch {env['torch']}). Each corpus runs through `reranker pipeline run` with a config that "
+         "names only the corpus (and the judged data to evaluate on): every other setting is the default. No human label is "
+         "used before the evaluation. Superscripts: significantly better than that run (paired t-test, p < 0.05)."), "",
     ]
     for name, entry in results.items():
         lines += [f"## {name}", "", entry["report_md"], "", "Pipeline stages:", "", *entry["stages"], "",

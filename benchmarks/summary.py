@@ -31,6 +31,12 @@ def quality_rows() -> list[tuple[str, str, float]]:
         for key, point in sorted(curve["points"].items(), key=lambda kv: (kv[1]["row"], kv[1]["seed"], kv[1]["step"])):
             rows.append(("SciFact (300 q)", f"student-ce {point['row']} (seed {point['seed']}, step {point['step']}; student_curve.md)",
                          point["ndcg@10"]))
+    corpora = load("pipeline_corpora")
+    for name, entry in ((corpora or {}).get("corpora") or {}).items():
+        data = {"cacm": "CACM (52 q)", "dl19": "TREC DL 2019 (43 q)"}.get(name, name)
+        for run, scores in entry["report"]["scores"].items():
+            label = {"bm25-top100": "bm25"}.get(run, run)
+            rows.append((data, f"{label} (default pipeline; pipeline_corpora.md)", scores["ndcg@10"]))
     dl = load("dl19_quality")
     if dl:
         for run, scores in dl["report"]["scores"].items():
@@ -107,7 +113,7 @@ def main() -> None:
     plot(rows_q, rows_s, rows_c)
     md = ["# Benchmark summary", "", ("Made by `python benchmarks/summary.py` from the committed results in this folder; "
           "each figure links to the page (and command) that measured it. All on this project's 2-core CPU machine."), "",
-          "## Quality (nDCG@10; `distill_scifact.md`, `student_curve.md`, `dl19_quality.md`)", "", "![quality](quality.png)", "",
+          "## Quality (nDCG@10; `distill_scifact.md`, `student_curve.md`, `pipeline_corpora.md`, `dl19_quality.md`)", "", "![quality](quality.png)", "",
           "| data | run | nDCG@10 |", "|---|---|---:|"]
     md += [f"| {d} | {r} | {v:.4f} |" for d, r, v in rows_q]
     md += ["", "## Speed (pairs/s; `teachers.md`, `onnx_speed.md`, `server_load.md`)", "", "![speed](speed.png)", "",
