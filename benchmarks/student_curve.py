@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--points", default="60,180", help="Steps at which the student is evaluated; the last ends the schedule.")
     ap.add_argument("--top-k", type=int, default=100)
     ap.add_argument("--eval-every", type=int, default=20, help="Dev evaluations (model selection, agreement curve) every this many steps.")
+    ap.add_argument("--report-only", action="store_true", help="Write the results from the points measured so far (WORK/curve.json); train nothing.")
     args = ap.parse_args()
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def main() -> None:
     base = json.loads(sh([EXE, "-q", "evaluate", scifact, w / "bm25.trec", w / "teacher.trec", "-m", "ndcg@10", "--json"], t, "evaluate BM25 and teacher"))
 
     results = json.loads((w / "curve.json").read_text()) if (w / "curve.json").is_file() else {}
-    for row in rows:
+    for row in [] if args.report_only else rows:
         for seed in seeds if row == "recipe" else seeds[:1]:
             tag = f"{row}-s{seed}"
             out = w / tag
@@ -143,7 +144,8 @@ def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> No
         {"bm25": bm25, "teacher": teacher, "points": results, "timings": t, "env": env}, indent=2), w) + "\n")
     lines = [
         "# Student learning curve on SciFact (no human labels in training or model selection)", "",
-        f"Made by `python benchmarks/student_curve.py --rows {args.rows} --seeds {args.seeds} --points {args.points} --top-k {args.top_k}` "
+        f"Made by `python benchmarks/student_curve.py --rows {args.rows} --seeds {args.seeds} --points {args.points} --top-k {args.top_k} "
+        f"--eval-every {args.eval_every}` (a point missing from the table was not reached) "
         f"on {time.strftime('%Y-%m-%d')} ({env['cores']} cores, torch {env['torch']}). Students re-rank bm25s's top {args.top_k} "
         f"for the 300 test queries through their ONNX int8 export. BM25 {bm25:.4f}, teacher (ensemble) {teacher:.4f} nDCG@10.", "",
         "| row | seed | step | pairs | train s | kept step | nDCG@10 | p vs BM25 | dev KL (before -> kept) | dev teacher-nDCG@10 (before -> kept) |",
