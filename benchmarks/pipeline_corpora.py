@@ -76,7 +76,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown corpora {unknown}; choose from {list(texts)}")
     out_json = RESULTS / "pipeline_corpora.json"
-    results = json.loads(out_json.read_text())["corpora"] if out_json.is_file() else {}
+    results: dict[str, dict] = {}
     for name in names:
         t: list[dict] = []
         manifest = run_pipeline(name, texts[name], args.work, t)
@@ -100,6 +100,8 @@ def main() -> None:
             entry["pairs_per_second"] = evaluation.get("pairs_per_second")
         results[name] = json.loads(machine_independent(json.dumps(entry), args.work))
     env = environment("torch", "transformers", "onnxruntime")
+    # corpora measured by an earlier call (or a concurrent one) stay: read the file again just before writing it
+    results = {**(json.loads(out_json.read_text())["corpora"] if out_json.is_file() else {}), **results}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"corpora": results, "env": env}, indent=2) + "\n")
     lines = [
