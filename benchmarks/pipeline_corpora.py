@@ -10,7 +10,7 @@ int8 student served). No human label is used before the final evaluation.
   served student re-ranking its top 100 for the 52 judged queries, the teacher beside it).
 - ``dl19``: the corpus is the passages of the shared BM25 top 100 of TREC DL 2019 (4,297); the
   pipeline does not evaluate (those passages are all it has), and afterwards the served student
-  re-ranks the shared Pyserini BM25 run (nDCG@10 0.5058) for the 43 judged queries.
+  and the teacher re-rank the shared Pyserini BM25 run (nDCG@10 0.5058) for the 43 judged queries.
 
 A finished stage is not rerun (the pipeline's manifest); ``--corpora`` picks which.
 Writes ``benchmarks/results/pipeline_corpora.{md,json}``.
@@ -89,7 +89,11 @@ def main() -> None:
             student = folder / "student.trec"
             sh([EXE, "-q", "rerank", dl / "bm25-top100.json", "--model", model, "--run", dl / "bm25-top100.trec", "--top-k", 100,
                 "--out", student], t, "dl19: the served student re-ranks the shared BM25 top 100")
-            sh([EXE, "-q", "evaluate", dl / "qrels.txt", dl / "bm25-top100.trec", student, "-m", "ndcg@10", "-m", "mrr@10",
+            teacher = folder / "teacher.trec"
+            if not teacher.is_file():
+                sh([EXE, "-q", "label", dl / "bm25-top100.json", "--candidates", dl / "bm25-top100.trec", "--store", folder / "teacher.sqlite",
+                    "--teacher", "ensemble", "--run-out", teacher], t, "dl19: the teacher (ensemble) re-ranks the shared BM25 top 100")
+            sh([EXE, "-q", "evaluate", dl / "qrels.txt", dl / "bm25-top100.trec", teacher, student, "-m", "ndcg@10", "-m", "mrr@10",
                 "--report", folder / "report"], t, "dl19: evaluate (43 queries)")
             entry["report_md"] = (folder / "report.md").read_text().strip()
             entry["report"] = json.loads((folder / "report.json").read_text())
