@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dense,pyserini,llm,ray,gguf,openai,serve,cpu,dev
+# the demo needs only these: a first `make demo` skips the long builds (llama-cpp-python compiles from source)
+DEMO_EXTRAS ?= train,dense,cpu
 
 .PHONY: install demo test benchmarks clean
 
@@ -17,11 +19,19 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@ $(BIN)/.installed-demo
+
+# a full install serves the demo too (its stamp is touched above); otherwise only the demo's extras
+$(BIN)/.installed-demo: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
 install: $(BIN)/.installed
 
-demo: install
+demo: $(BIN)/.installed-demo
 	$(BIN)/reranker demo
 
 test: install
