@@ -87,8 +87,9 @@ def main() -> None:
             dl = shared / "datasets" / "trec-dl-2019"
             model = folder / "run" / "onnx"
             student = folder / "student.trec"
-            sh([EXE, "-q", "rerank", dl / "bm25-top100.json", "--model", model, "--run", dl / "bm25-top100.trec", "--top-k", 100,
-                "--out", student], t, "dl19: the served student re-ranks the shared BM25 top 100")
+            if not student.is_file() or student.stat().st_mtime < (model / "onnx_manifest.json").stat().st_mtime:
+                sh([EXE, "-q", "rerank", dl / "bm25-top100.json", "--model", model, "--run", dl / "bm25-top100.trec", "--top-k", 100,
+                    "--out", student], t, "dl19: the served student re-ranks the shared BM25 top 100")
             teacher = folder / "teacher.trec"
             if not teacher.is_file():
                 sh([EXE, "-q", "label", dl / "bm25-top100.json", "--candidates", dl / "bm25-top100.trec", "--store", folder / "teacher.sqlite",
@@ -110,8 +111,9 @@ def main() -> None:
     out_json.write_text(json.dumps({"corpora": results, "env": env}, indent=2) + "\n")
     lines = [
         "# The default pipeline on corpora it was not tuned on", "",
-        (f"Made by `python benchmarks/pipeline_corpora.py --corpora {args.corpora}` on {time.strftime('%Y-%m-%d')} "
-         f"({env['cores']} cores, torch {env['torch']}). Each corpus runs through `reranker pipeline run` with a config that "
+        (f"Made by `python benchmarks/pipeline_corpora.py --corpora {','.join(results)}` (a corpus may come from an earlier call: "
+         f"its section lists its commands; last call {time.strftime('%Y-%m-%d')}, "
+         f"{env['cores']} cores, torch {env['torch']}). Each corpus runs through `reranker pipeline run` with a config that "
          "names only the corpus (and the judged data to evaluate on): every other setting is the default. No human label is "
          "used before the evaluation. Superscripts: significantly better than that run (paired t-test, p < 0.05)."), "",
     ]
