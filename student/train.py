@@ -288,6 +288,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         acc.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
         log.info("resumed from %s at step %d", ckpt, state["step"])
+        if state.get("best") is not None and "teacher_kl" not in (state.get("best_metrics") or {}):
+            # a checkpoint of a version that selected on teacher-nDCG: its best is on another scale
+            log.warning("the checkpoint's best model was selected on teacher_ndcg@10; the next evaluation starts selection anew")
+            state["best"] = None
     elif not cfg.resume and ckpt.exists():
         raise RerankerError(f"{ckpt} exists; resume it (resume: true) or choose another output_dir")
     rng = random.Random(cfg.seed + state["step"])

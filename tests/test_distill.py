@@ -252,3 +252,18 @@ def test_the_pair_budget_bounds_a_run_whatever_the_corpus_size(groups, tokenizer
     steps = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "s", max_pairs=20, max_steps=5, eval_every=50)),
                     progress=False)
     assert steps["total_steps"] == 5
+
+
+def test_a_checkpoint_that_selected_on_teacher_ndcg_resumes_with_selection_anew(groups, tokenizers, tmp_path):
+    """Checkpoints of the version that selected on teacher-nDCG keep a best on another scale (higher is better,
+    near 1): resumed, the next evaluation decides the best model instead of comparing -KL with it."""
+    torch.set_num_threads(1)
+    out = tmp_path / "old"
+    opts = dict(head="classifier", max_steps=4, eval_every=2)
+    distill(load_config(**options("cross-encoder", groups, tokenizers, out, stop_after=2, **opts)), progress=False)
+    state_file = out / "checkpoint" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state.update(best=0.99, best_step=2, best_metrics={"teacher_ndcg@10": 0.99})
+    state_file.write_text(json.dumps(state))
+    summary = distill(load_config(**options("cross-encoder", groups, tokenizers, out, **opts)), progress=False)
+    assert summary["best_step"] == 4 and "teacher_kl" in summary["best_metrics"]
