@@ -14,19 +14,21 @@ DEMO_EXTRAS ?= train,dense,cpu
 
 .PHONY: install demo test benchmarks clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+# the venv with a CPU torch first, then the project with the extras in $(1)
+define venv_with
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet -e ".[$(1)]"
+endef
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(call venv_with,$(EXTRAS))
 	touch $@ $(BIN)/.installed-demo
 
 # a full install serves the demo too (its stamp is touched above); otherwise only the demo's extras
 $(BIN)/.installed-demo: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[$(DEMO_EXTRAS)]"
+	$(call venv_with,$(DEMO_EXTRAS))
 	touch $@
 
 install: $(BIN)/.installed

@@ -16,12 +16,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 EXE = str(Path(sys.executable).with_name("reranker"))
 
 
-def sh(cmd: list[str], timings: list[dict], label: str) -> str:
-    """Run ``cmd``, record ``{step, command, seconds}`` in ``timings``, stop the benchmark if it fails."""
+def sh(cmd: list[str], timings: list[dict], label: str, cwd: Path | None = None) -> str:
+    """Run ``cmd`` (in ``cwd``), record ``{step, command, seconds}`` in ``timings``, stop the benchmark if it fails."""
     shown = " ".join(shlex.quote(str(c)) for c in cmd)
-    print(f"$ {shown}", file=sys.stderr, flush=True)
+    print(f"$ {'(cd ' + str(cwd) + ' && ' if cwd else ''}{shown}{')' if cwd else ''}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False)
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, cwd=cwd)
     seconds = time.perf_counter() - start
     if res.returncode != 0:
         sys.exit(f"failed: {shown}\n{res.stderr[-3000:]}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,13 +43,7 @@ def run_pipeline(name: str, text: str, work: Path, t: list[dict]) -> dict:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pipeline.yaml").write_text(text)
-    print(f"$ (cd {folder} && reranker pipeline run pipeline.yaml)", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    res = subprocess.run([EXE, "pipeline", "run", "pipeline.yaml"], cwd=folder, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        sys.exit(f"pipeline {name} failed:\n{res.stderr[-3000:]}")
-    t.append({"step": f"{name}: reranker pipeline run (defaults)", "command": "reranker pipeline run pipeline.yaml",
-              "seconds": round(time.perf_counter() - start, 1)})
+    sh([EXE, "pipeline", "run", "pipeline.yaml"], t, f"{name}: reranker pipeline run (defaults)", cwd=folder)
     return json.loads((folder / "run" / "manifest.json").read_text())
 
 

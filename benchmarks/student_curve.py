@@ -9,8 +9,8 @@ far) is exported to ONNX and re-ranks bm25s's top ``--top-k`` for the 300 test q
 the int8 graph, as it is served. Recorded per point: training pairs, training seconds, nDCG@10
 on the test qrels, agreement with the teacher on the dev groups (the listwise KL that model
 selection reads, and nDCG@10 with the teacher's labels as gains), the step model selection
-kept, and a paired t-test against BM25. The dev agreement at every ``--eval-every`` steps comes
-from the run's history at no extra cost and is plotted against pairs and seconds.
+kept, and a paired t-test against BM25. The dev KL at every ``--eval-every`` steps comes from
+the run's history at no extra cost and is plotted against training pairs.
 
 Rows: ``recipe`` (the defaults of ``reranker distill``) and each lever changed alone
 (:data:`ROWS`). ``--seeds`` trains the recipe with several seeds (mean and sd of the last point).
@@ -112,10 +112,9 @@ def main() -> None:
                 report = json.loads((w / f"report-{tag}-{point}.json").read_text())
                 cfg = summary["config"]
                 pairs_per_step = cfg["batch_queries"] * cfg["group_size"]
-                seconds_per_step = summary["seconds"] / max(summary["steps"], 1)
-                curve = [{"step": 0, "pairs": 0, "seconds": 0.0, "kl": (summary.get("initial_metrics") or {}).get("teacher_kl")}]
-                curve += [{"step": h["step"], "pairs": h["step"] * pairs_per_step, "seconds": round(h["step"] * seconds_per_step, 1),
-                           "kl": h["teacher_kl"]} for h in summary["history"] if "teacher_kl" in h]
+                curve = [{"step": 0, "pairs": 0, "kl": (summary.get("initial_metrics") or {}).get("teacher_kl")}]
+                curve += [{"step": h["step"], "pairs": h["step"] * pairs_per_step, "kl": h["teacher_kl"]}
+                          for h in summary["history"] if "teacher_kl" in h]
                 results[key] = {
                     "row": row, "seed": seed, "step": summary["steps"], "pairs": summary["steps"] * pairs_per_step,
                     "seconds": round(summary["seconds"], 1), "ndcg@10": ev[run.stem]["ndcg@10"],

@@ -185,9 +185,30 @@ def parameter_groups(student, cfg: DistillConfig) -> list[dict[str, Any]]:
     ]
 
 
+def pad_groups(candidate_lists) -> tuple[Any, Any, Any]:
+    """``(mask, teacher_scores, teacher_labels)``, each ``[groups, widest group]``, for lists of candidates
+    (flattened in order, the student's scores fill ``scores[mask]``)."""
+    import torch
+
+    width = max((len(c) for c in candidate_lists), default=1)
+    mask = torch.zeros(len(candidate_lists), width, dtype=torch.bool)
+    scores, labels = torch.zeros(len(candidate_lists), width), torch.zeros(len(candidate_lists), width)
+    for i, cands in enumerate(candidate_lists):
+        for j, c in enumerate(cands):
+            mask[i, j], scores[i, j], labels[i, j] = True, c.score, c.label
+    return mask, scores, labels
+
+
+def selection_key(metrics: dict[str, float] | None) -> float | None:
+    """What model selection maximises: minus the dev listwise KL (None when ``metrics`` lack it)."""
+    kl = (metrics or {}).get("teacher_kl")
+    return None if kl is None else -kl
+
+
 def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperature: float = 1.0) -> dict[str, float]:
     """Re-rank each dev group with ``student``: listwise KL to the teacher's scores at ``temperature``,
     nDCG@10 against the teacher's labels (and against human qrels when given)."""
+    import numpy as np
     import torch
 
     from reranker.evaluation import evaluate
@@ -205,14 +226,10 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperatu
     for (qid, did), s in zip(keys, scores):
         run.add(qid, did, float(s))
     teacher_qrels = Qrels({g.query_id: {c.doc_id: int(round(10 * c.label)) for c in g.candidates} for g in groups}, name="teacher")
-    width = max((len(g.candidates) for g in groups), default=1)
-    s, t = torch.zeros(len(groups), width), torch.zeros(len(groups), width)
-    mask = torch.zeros(len(groups), width, dtype=torch.bool)
-    flat = iter(scores)
-    for i, g in enumerate(groups):
-        for j, c in enumerate(g.candidates):
-            s[i, j], t[i, j], mask[i, j] = float(next(flat)), c.score, True
-    out = {"teacher_kl": float(listwise_kl(s, t, temperature=temperature, mask=mask)),
+    mask, teacher_scores, _ = pad_groups([g.candidates for g in groups])
+    s = torch.zeros(mask.shape)
+    s[mask] = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    out = {"teacher_kl": float(listwise_kl(s, teacher_scores, temperature=temperature, mask=mask)),
            "teacher_ndcg@10": evaluate(teacher_qrels, run, ["ndcg@10"])["student"]["ndcg@10"]}
     if qrels is not None:
         judged = Qrels({q: d for q, d in qrels.items() if q in run}, name="human")
@@ -283,15 +300,11 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     total = cfg.max_steps or total
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     model, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
-    state = {"step": 0, "best": None, "best_step": 0, "bad_evals": 0, "history": [], "head_init": head_init, "bf16": use_bf16}
+    state = {"step": 0, "best_step": 0, "bad_evals": 0, "history": [], "head_init": head_init, "bf16": use_bf16}
     if cfg.resume and (ckpt / "trainer_state.json").is_file():
         acc.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
         log.info("resumed from %s at step %d", ckpt, state["step"])
-        if state.get("best") is not None and "teacher_kl" not in (state.get("best_metrics") or {}):
-            # a checkpoint of a version that selected on teacher-nDCG: its best is on another scale
-            log.warning("the checkpoint's best model was selected on teacher_ndcg@10; the next evaluation starts selection anew")
-            state["best"] = None
     elif not cfg.resume and ckpt.exists():
         raise RerankerError(f"{ckpt} exists; resume it (resume: true) or choose another output_dir")
     rng = random.Random(cfg.seed + state["step"])
@@ -320,7 +333,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         log.info("before training: %s", state["initial_metrics"])
         # the starting point is a candidate too: a fitted hybrid head can already agree with the teacher better
         # than a few hundred steps do, and model selection must never return a worse student than it began with
-        state.update(best=-state["initial_metrics"]["teacher_kl"], best_step=0, best_metrics=state["initial_metrics"])
+        state.update(best_step=0, best_metrics=state["initial_metrics"])
         if acc.is_main_process:
             unwrapped.save_pretrained(out / "model")
     bar = tqdm(total=total, initial=state["step"], desc="distilling", unit="step", disable=not progress or not acc.is_main_process)
@@ -329,20 +342,13 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         for _ in range(cfg.grad_accum):
             groups = next(stream)
             picked = [_sample_group(g, cfg.group_size, rng) for g in groups]
-            width = max(len(p) for p in picked)
-            queries, docs, mask = [], [], torch.zeros(len(picked), width, dtype=torch.bool)
-            t_scores = torch.zeros(len(picked), width)
-            t_labels = torch.zeros(len(picked), width)
-            for i, (g, cands) in enumerate(zip(groups, picked)):
-                for j, c in enumerate(cands):
-                    queries.append(g.query)
-                    docs.append(c.text)
-                    mask[i, j] = True
-                    t_scores[i, j], t_labels[i, j] = c.score, c.label
+            mask, t_scores, t_labels = pad_groups(picked)
+            queries = [g.query for g, cands in zip(groups, picked) for _ in cands]
+            docs = [c.text for cands in picked for c in cands]
             with acc.accumulate(model):
                 enc = {k: v.to(acc.device) for k, v in unwrapped.encode(queries, docs).items()}
                 flat = model(**enc).float()
-                s = torch.full((len(picked), width), -1e4, device=acc.device)
+                s = torch.full(mask.shape, -1e4, device=acc.device)
                 s[mask.to(acc.device)] = flat
                 loss = combined_loss(cfg.losses, s, teacher_scores=t_scores.to(acc.device), teacher_labels=t_labels.to(acc.device),
                                      mask=mask.to(acc.device), temperature=cfg.temperature)
@@ -360,10 +366,12 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                 metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels, temperature=cfg.temperature)
                 model.train()
                 state["history"][-1].update(metrics)
-                key = -metrics["teacher_kl"]  # higher is better
+                # the key comes from the kept model's metrics (a checkpoint of a version that selected on another
+                # metric has none: the next evaluation decides)
+                best = selection_key(state.get("best_metrics"))
                 log.info("step %d: %s", state["step"], metrics)
-                if state["best"] is None or key > state["best"]:
-                    state.update(best=key, best_step=state["step"], bad_evals=0, best_metrics=metrics)
+                if best is None or selection_key(metrics) > best:
+                    state.update(best_step=state["step"], bad_evals=0, best_metrics=metrics)
                     if acc.is_main_process:
                         unwrapped.save_pretrained(out / "model")
                 else:
@@ -378,7 +386,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
                 break
     bar.close()
     if acc.is_main_process:
-        if not dev_groups or state["best"] is None:  # no dev set, or stopped (stop_after) before its first evaluation
+        if not dev_groups or selection_key(state.get("best_metrics")) is None:  # no dev set, or stopped (stop_after) before its first evaluation
             unwrapped.save_pretrained(out / "model")
         summary = {
             "steps": state["step"], "total_steps": total, "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
