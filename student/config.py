@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from reranker.errors import RerankerError
+from reranker.lexical import DEFAULT_BUCKETS, DEFAULT_LANGUAGE, check_language
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _DEFAULT_SCORE = {
 }
 
 _HYBRID_SCORE = ("the classification logit + sem_weight * cos(mean query states, mean document states) "
-                 "+ lex_weight * BM25-shaped term match with learned IDF (fp32)")
+                 "+ lex_weight * BM25-shaped match of stemmed words with learned IDF, over its maximum (fp32)")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class StudentConfig:
     false_token_id: int | None = None
     score: str = ""
     head: str = "classifier"
+    #: the hybrid head's term space (:mod:`reranker.lexical`): hashed stemmed words, and the stemmer's language
+    lexical_buckets: int = DEFAULT_BUCKETS
+    lexical_language: str = DEFAULT_LANGUAGE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +76,10 @@ class StudentConfig:
             raise RerankerError(f"student config: 'head' must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head != "classifier" and self.kind != "cross-encoder":
             raise RerankerError(f"student config: head {self.head!r} is for cross-encoder students; a {self.kind} student has its own")
+        if self.lexical_buckets < 2:
+            raise RerankerError(f"student config: 'lexical_buckets' must be at least 2, got {self.lexical_buckets}")
+        if self.head == "hybrid":
+            check_language(self.lexical_language)
         if not self.score:
             self.score = _DEFAULT_SCORE[self.kind] if self.head == "classifier" else _HYBRID_SCORE
 

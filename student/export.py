@@ -54,6 +54,8 @@ from .parity import ParitySample, compare, load_parity_sample
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+#: the graph inputs in the order of the students' forward() (token ids and masks, then the hybrid head's term ids)
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms")
 INT8_METHODS = ("dynamic", "weight-only")
 WEIGHT_ONLY_BLOCK = 128
 
@@ -198,7 +200,7 @@ def _save_folder(student: Any, folder: Path) -> tuple[list[str], str | None]:
     config.save(folder)
     names = list(student.encode(["a query"], ["a document"]))
     template = config.template if student.kind == "t5" else None
-    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names], template  # forward()'s order
+    return [n for n in GRAPH_INPUTS if n in names], template
 
 
 def _torch_export(student: Any, path: Path, inputs: list[str], opset: int) -> None:
@@ -211,7 +213,7 @@ def _torch_export(student: Any, path: Path, inputs: list[str], opset: int) -> No
             log.debug("eager attention not set: %s", exc)
     example = student.encode(["what does the example query ask", "short"],
                              ["an example document that is a little longer than the other one", "doc"])
-    axes = {n: {0: "batch", 1: "sequence"} for n in inputs}
+    axes = {n: {0: "batch", 1: "terms_" + n.split("_")[0] if n.endswith("_terms") else "sequence"} for n in inputs}
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python values in shape arithmetic

@@ -9,7 +9,9 @@ end-of-sequence token are never cut away. For the T5 (SentencePiece) tokenizer, 
 at whitespace before anything else, the joined ids equal those of the whole rendered text
 whenever nothing had to be cut.
 
-Cross-encoders use the tokenizer's own pair encoding with ``truncation="only_second"``.
+Cross-encoders use the tokenizer's own pair encoding with ``truncation="only_second"``; with the
+hybrid head also ``query_terms`` and ``doc_terms``, the hashed stemmed words of each side
+(:func:`reranker.lexical.term_ids`, 0-padded), which its lexical term matches.
 
 The arrays come back as torch tensors (``return_tensors="pt"``, training and export) or NumPy
 arrays (``"np"``, the ONNX Runtime scorer); torch is imported only for ``"pt"``, so the
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from reranker.errors import RerankerError
+from reranker.lexical import term_ids
 from teacher.prompts import PromptTemplate, parse_template
 
 from .config import StudentConfig
@@ -173,8 +176,12 @@ def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], doc
         # query (student.heads), it then reads exactly as the bi-encoder read documents
         if tokenizer.cls_token is None:
             raise RerankerError("the hybrid head needs a tokenizer with a [CLS] token (BERT family)")
-        documents = [f"{tokenizer.cls_token} {d}" for d in documents]
-    enc = tokenizer(
-        queries, documents, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="np"
-    )
-    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    seconds = [f"{tokenizer.cls_token} {d}" for d in documents] if config.head == "hybrid" else documents
+    enc = tokenizer(queries, seconds, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="np")
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    if config.head == "hybrid":
+        # the lexical term matches stemmed words (reranker.lexical), as the first stage does: the query's first
+        # query_max_length terms, the document's first max_length terms (the whole text, not only what fits in the pair)
+        arrays["query_terms"] = term_ids(queries, config.query_max_length, config.lexical_buckets, config.lexical_language)
+        arrays["doc_terms"] = term_ids(documents, config.max_length, config.lexical_buckets, config.lexical_language)
+    return arrays

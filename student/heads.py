@@ -12,23 +12,27 @@ them:
   two encoded apart (:meth:`CrossEncoderStudent.separate_states`: a second pass with a
   block-diagonal mask), the pooling the bi-encoder was trained with (Reimers & Gurevych 2019,
   "Sentence-BERT"), so the untrained student already ranks exactly like its bi-encoder here;
-- **lexical**: a BM25-shaped exact-match score over word pieces (Robertson & Zaragoza 2009)
-  with a learned weight per vocabulary entry, initialised to the IDF of the training passages
-  (learned term weights as in DeepCT, Dai & Callan 2020; exact-match channels as in the Duet
-  model, Mitra et al. 2017): the lexical matching a first stage does, in the student itself.
-  It is divided by the most the query can score (every term matched at saturation,
-  ``sum idf * (k1 + 1)``), so it is the share of the query's term weight that the document
-  matches, in [0, 1]. Raw BM25 grows with the query's length while the cosine does not; a
-  weight fitted on one query form (long synthetic sentences) would then be wrong for another
-  (short typed queries). The teacher's per-query standardisation of BM25 is invariant to that
-  scale too; on SciFact's synthetic groups the normalised term lowered the fitted listwise KL
-  from 0.176 to 0.140 (``head_init.kl`` in ``benchmarks/results/student_curve.json`` before and
-  after this change).
+- **lexical**: a BM25-shaped exact-match score (Robertson & Zaragoza 2009) over the stemmed
+  words of query and document (:mod:`reranker.lexical`: bm25s's analysis, hashed to ids that
+  come in as the inputs ``query_terms`` and ``doc_terms``) with a learned weight per term id,
+  initialised to the IDF of the training passages (learned term weights as in DeepCT, Dai &
+  Callan 2020; exact-match channels as in the Duet model, Mitra et al. 2017): the lexical
+  matching a first stage does, in the student itself. It is divided by the most the query can
+  score (every term matched at saturation, ``sum idf * (k1 + 1)``), so it is the share of the
+  query's term weight that the document matches, in [0, 1]. Raw BM25 grows with the query's
+  length while the cosine does not; a weight fitted on one query form (long synthetic
+  sentences) would then be wrong for another (short typed queries); on SciFact's synthetic
+  groups the normalised term lowered the fitted listwise KL from 0.176 to 0.140. Words, not
+  the model's word pieces: pieces miss "protein"/"proteins" and match rare words on their
+  common pieces; mixed with the same cosine on SciFact test (BM25 top 20, untrained student),
+  the stemmed-word share ranked at 0.72-0.73 nDCG@10 where the word-piece share reached 0.70
+  (``benchmarks/results/student_curve.md``, head ablation).
 
 The classifier starts at zero; the two weights are fitted to the teacher's scores on training
 groups before the first step (least squares, then the listwise KL; :func:`fit_hybrid_head`), so
 the untrained student approximates its teacher. Everything is tensor arithmetic on the model's inputs
 (Equal, ReduceSum, Gather), so the head exports to ONNX in the same graph.
+
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from reranker.errors import RerankerError
+from reranker.lexical import term_ids
 
 from .losses import listwise_kl
 
@@ -53,39 +59,42 @@ BM25_K1, BM25_B = 1.2, 0.75
 
 
 class HybridHead(nn.Module):
-    """The semantic and lexical terms of the ``hybrid`` head (the classifier logit is the backbone's)."""
+    """The semantic and lexical terms of the ``hybrid`` head (the classifier logit is the backbone's).
 
-    def __init__(self, vocab_size: int, special_ids: Sequence[int]):
+    ``buckets``: the size of the term id space (:data:`reranker.lexical.DEFAULT_BUCKETS`), one
+    learned weight per id.
+    """
+
+    def __init__(self, buckets: int):
         super().__init__()
-        self.idf = nn.Parameter(torch.ones(vocab_size))
+        self.idf = nn.Parameter(torch.ones(buckets))
         self.sem_weight = nn.Parameter(torch.tensor(10.0))
         self.lex_weight = nn.Parameter(torch.tensor(5.0))
         self.register_buffer("avg_doc_len", torch.tensor(100.0))
-        self.register_buffer("special_ids", torch.tensor(sorted(set(special_ids)), dtype=torch.long))
 
-    def features(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cosine, lexical)``, each ``[batch]`` fp32, from the last hidden states and the inputs (lexical in [0, 1])."""
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                 query_terms: torch.Tensor, doc_terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cosine, lexical)``, each ``[batch]`` fp32: the cosine from the last hidden states of the
+        separated pass, the lexical share from the term ids (0 = padding), in [0, 1]."""
         hidden = hidden.float()
         valid = attention_mask.bool()
         query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
         q_vec = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp(min=1)
         d_vec = (hidden * doc.unsqueeze(-1)).sum(1) / doc.sum(1, keepdim=True).clamp(min=1)
         cosine = torch.nn.functional.cosine_similarity(q_vec, d_vec, dim=-1, eps=1e-6)
-        special = (input_ids.unsqueeze(-1) == self.special_ids).any(-1)
-        q_terms, d_terms = query & ~special, doc & ~special
-        match = (input_ids.unsqueeze(2) == input_ids.unsqueeze(1)) & q_terms.unsqueeze(2) & d_terms.unsqueeze(1)
-        tf = match.float().sum(-1)  # [batch, len]: how often each query piece occurs in the document
-        doc_len = d_terms.float().sum(-1, keepdim=True)
+        q_valid, d_valid = query_terms > 0, doc_terms > 0
+        match = (query_terms.unsqueeze(2) == doc_terms.unsqueeze(1)) & d_valid.unsqueeze(1)
+        tf = match.float().sum(-1)  # [batch, query terms]: how often each query term occurs in the document
+        doc_len = d_valid.float().sum(-1, keepdim=True)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * doc_len / self.avg_doc_len)
         saturated = tf * (BM25_K1 + 1) / (tf + norm)
-        weight = self.idf[input_ids] * q_terms.float()
+        weight = self.idf[query_terms] * q_valid.float()
         lexical = (weight * saturated).sum(-1) / (weight.sum(-1) * (BM25_K1 + 1)).clamp(min=1e-6)
         return cosine, lexical
 
-    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        cosine, lexical = self.features(hidden, input_ids, attention_mask, token_type_ids)
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                query_terms: torch.Tensor, doc_terms: torch.Tensor) -> torch.Tensor:
+        cosine, lexical = self.features(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
         return self.sem_weight * cosine + self.lex_weight * lexical
 
     def save(self, folder: str | Path) -> Path:
@@ -105,21 +114,24 @@ class HybridHead(nn.Module):
             return False
         state = load_file(str(path))
         if state.get("idf") is None or state["idf"].shape != self.idf.shape:
-            raise RerankerError(f"{path}: its term weights do not match the tokenizer's {self.idf.shape[0]} entries")
+            raise RerankerError(
+                f"{path}: {tuple(state['idf'].shape)[0] if state.get('idf') is not None else 'no'} term weights, but the "
+                f"student config asks for {self.idf.shape[0]} lexical buckets; a head saved before the lexical term "
+                "matched stemmed words (it had one weight per word piece) cannot be read: distil the student again")
         self.load_state_dict(state)
         return True
 
 
-def document_frequencies(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, float]:
-    """Word-piece document frequencies ``[vocab]`` of ``texts`` (each cut to ``max_tokens``) and their mean length."""
-    df = torch.zeros(len(tokenizer))
-    lengths = []
-    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
-    for row in ids:
-        lengths.append(len(row))
-        if row:
-            df[torch.tensor(sorted(set(row)))] += 1
-    return df, (sum(lengths) / len(lengths)) if lengths else 100.0
+def document_frequencies(config: Any, texts: Sequence[str]) -> tuple[torch.Tensor, float]:
+    """Term-id document frequencies ``[buckets]`` of ``texts`` (each its first ``max_length`` terms, as
+    :func:`student.formatting.encode_pairs` reads documents) and their mean length in terms."""
+    df = torch.zeros(config.lexical_buckets)
+    ids = term_ids(texts, config.max_length, config.lexical_buckets, config.lexical_language)
+    lengths = (ids > 0).sum(1)
+    for row, n in zip(ids, lengths):
+        if n:
+            df[torch.from_numpy(np.unique(row[:n]))] += 1
+    return df, float(lengths.mean()) if len(lengths) else 100.0
 
 
 def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, batch_size: int = 32,
@@ -137,7 +149,7 @@ def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, b
     if not texts:
         raise RerankerError("fit_hybrid_head: the groups have no candidate texts")
     cfg = student.config
-    df, avg_len = document_frequencies(student.tokenizer, texts, cfg.max_length - cfg.query_max_length)
+    df, avg_len = document_frequencies(cfg, texts)
     n = len(texts)
     with torch.no_grad():
         head.idf.copy_(torch.log1p((n - df + 0.5) / (df + 0.5)))

@@ -247,16 +247,18 @@ class CrossEncoderStudent(Student):
                     f"the hybrid head tells query from document by token_type_ids, which the tokenizer of "
                     f"{config.base_model or 'this model'} does not make; use head: classifier with it"
                 )
-            self.hybrid = HybridHead(len(tokenizer), tokenizer.all_special_ids)
+            self.hybrid = HybridHead(config.lexical_buckets)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                query_terms: torch.Tensor | None = None, doc_terms: torch.Tensor | None = None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         if self.hybrid is None:
             return logit
-        if token_type_ids is None:
-            raise RerankerError("the hybrid head needs token_type_ids (the tokenizer's pair encoding makes them)")
-        return logit + self.hybrid(self.separate_states(input_ids, attention_mask, token_type_ids), input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None or query_terms is None or doc_terms is None:
+            raise RerankerError("the hybrid head needs token_type_ids, query_terms and doc_terms (encode_pairs makes them)")
+        hidden = self.separate_states(input_ids, attention_mask, token_type_ids)
+        return logit + self.hybrid(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
 
     def separate_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the query and the document encoded apart, as the bi-encoder was trained.
@@ -276,12 +278,13 @@ class CrossEncoderStudent(Student):
                                     position_ids=position_ids)
         return out.last_hidden_state
 
-    def hybrid_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def hybrid_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                        query_terms: torch.Tensor, doc_terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The hybrid head's ``(cosine, lexical)`` features ``[batch]`` (the classifier logit left out)."""
         if self.hybrid is None:
             raise RerankerError("this student has no hybrid head")
         hidden = self.separate_states(input_ids, attention_mask, token_type_ids)
-        return self.hybrid.features(hidden, input_ids, attention_mask, token_type_ids)
+        return self.hybrid.features(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = super().save_pretrained(folder)

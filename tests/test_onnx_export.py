@@ -282,9 +282,10 @@ def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
     """The hybrid head (cosine of mean-pooled states + BM25-shaped term match) is part of the exported graph:
     fp32 ONNX equals PyTorch, batched equals one by one, and the lexical term really moves the scores."""
     torch.manual_seed(0)
-    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid").eval()
+    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid",
+                                             lexical_buckets=4096).eval()
     with torch.no_grad():
-        student.hybrid.idf.copy_(torch.rand(len(student.tokenizer)) * 4)
+        student.hybrid.idf.copy_(torch.rand(4096) * 4)
         student.hybrid.lex_weight.fill_(2.0)
     src = student.save_pretrained(tmp_path / "student")
     export_student(src, tmp_path / "onnx", ["fp32", "int8"], parity=sample,
@@ -298,4 +299,6 @@ def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
     with torch.no_grad():
         student.hybrid.lex_weight.fill_(0.0)
     assert np.abs(student.score(pairs) - ref).max() > 0.5  # the exported scores include the lexical term
-    assert OnnxManifest.load(tmp_path / "onnx").models["fp32"].parity.passed
+    manifest = OnnxManifest.load(tmp_path / "onnx")
+    assert manifest.models["fp32"].parity.passed
+    assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms"]

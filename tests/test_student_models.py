@@ -277,43 +277,50 @@ def test_real_t5_tokenizer_answer_ids_and_formatting(t5_tokenizer):
 @pytest.fixture(scope="module")
 def hybrid_student():
     torch.manual_seed(0)
-    return CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid")
+    return CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid",
+                                           lexical_buckets=BUCKETS)
 
 
-def _bm25_reference(query_ids, doc_ids, idf, avg_len, k1=1.2, b=0.75):
-    """BM25 over word-piece ids, written out as in Robertson & Zaragoza (2009), over its maximum for the query."""
+BUCKETS = 4096
+
+
+def _bm25_reference(query, doc, idf, avg_len, k1=1.2, b=0.75):
+    """BM25 over stemmed words, written out as in Robertson & Zaragoza (2009), over its maximum for the query."""
+    from reranker.lexical import analyze, term_id
+
+    q, d = [term_id(t, BUCKETS) for t in analyze(query)], [term_id(t, BUCKETS) for t in analyze(doc)]
     total = 0.0
-    for t in query_ids:
-        tf = doc_ids.count(t)
-        total += idf[t] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc_ids) / avg_len))
-    return total / (sum(idf[t] for t in query_ids) * (k1 + 1))
+    for t in q:
+        tf = d.count(t)
+        total += idf[t] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(d) / avg_len))
+    return total / max(sum(idf[t] for t in q) * (k1 + 1), 1e-6)
 
 
 def test_hybrid_score_is_logit_plus_weighted_cosine_and_bm25(hybrid_student):
     s = hybrid_student.eval()
     with torch.no_grad():
-        s.hybrid.idf.copy_(torch.rand(len(s.tokenizer), generator=torch.Generator().manual_seed(0)) * 3 + 0.5)
+        s.hybrid.idf.copy_(torch.rand(BUCKETS, generator=torch.Generator().manual_seed(0)) * 3 + 0.5)
         s.hybrid.avg_doc_len.fill_(6.0)
         s.hybrid.sem_weight.fill_(2.5)
         s.hybrid.lex_weight.fill_(0.7)
-    pairs = PAIRS + [("wind", "burning coal"), ("solar solar power", "power power solar energy")]
+    pairs = PAIRS + [("wind", "burning coal"), ("solar solar power", "power power solar energy"),
+                     ("the panels", "one panel turns"), ("of the", "the end of it")]
     enc = s.encode([q for q, _ in pairs], [d for _, d in pairs])
     with torch.no_grad():
-        logits = s.model(**enc).logits[:, 0]
-        hidden = s.separate_states(**enc)
+        tokens = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        logits = s.model(**tokens).logits[:, 0]
+        hidden = s.separate_states(**tokens)
         cosine, lexical = s.hybrid_features(**enc)
-    special = set(s.tokenizer.all_special_ids)
     idf = s.hybrid.idf.tolist()
-    for i in range(len(pairs)):
-        ids, types, mask = enc["input_ids"][i].tolist(), enc["token_type_ids"][i].tolist(), enc["attention_mask"][i].tolist()
-        q = [t for t, ty, m in zip(ids, types, mask) if m and ty == 0 and t not in special]
-        d = [t for t, ty, m in zip(ids, types, mask) if m and ty == 1 and t not in special]
-        assert lexical[i].item() == pytest.approx(_bm25_reference(q, d, idf, 6.0), rel=1e-5)
+    for i, (query, doc) in enumerate(pairs):
+        types, mask = enc["token_type_ids"][i].tolist(), enc["attention_mask"][i].tolist()
+        assert lexical[i].item() == pytest.approx(_bm25_reference(query, doc, idf, 6.0), rel=1e-5, abs=1e-7)
         q_rows = [j for j, (ty, m) in enumerate(zip(types, mask)) if m and ty == 0]
         d_rows = [j for j, (ty, m) in enumerate(zip(types, mask)) if m and ty == 1]
         expected = torch.nn.functional.cosine_similarity(hidden[i, q_rows].mean(0), hidden[i, d_rows].mean(0), dim=0)
         assert cosine[i].item() == pytest.approx(expected.item(), abs=1e-5)
-    assert lexical[3] > 0 and lexical[4] == 0 and lexical[-1] > lexical[3]  # shared words count, repeated ones more
+    assert lexical[3] > 0 and lexical[4] == 0 and lexical[5] > lexical[3]  # shared words count, repeated ones more
+    assert lexical[6] > 0.3 and lexical[7] == 0  # "panels" matches "panel" (stemmed); stop words match nothing
     assert ((lexical >= 0) & (lexical <= 1)).all()
     np.testing.assert_allclose(s.score(pairs), (logits + 2.5 * cosine + 0.7 * lexical).numpy(), rtol=0, atol=1e-5)
 
@@ -324,7 +331,7 @@ def test_hybrid_states_are_the_bi_encoders(hybrid_student):
     enc = s.encode([q for q, _ in PAIRS], [d for _, d in PAIRS])
     assert (enc["input_ids"][:, 0] == s.tokenizer.cls_token_id).all()
     with torch.no_grad():
-        joint = s.separate_states(**enc)
+        joint = s.separate_states(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
         for i, (q, d) in enumerate(PAIRS):
             types, mask = enc["token_type_ids"][i], enc["attention_mask"][i].bool()
             for text, rows in ((q, mask & (types == 0)), (d, mask & (types == 1))):
@@ -365,13 +372,20 @@ def test_hybrid_fit_recovers_a_linear_teacher_and_zeroes_the_classifier(tmp_path
 
 def test_hybrid_save_load_round_trip_and_missing_head(hybrid_student, tmp_path):
     with torch.no_grad():
-        hybrid_student.hybrid.idf.copy_(torch.linspace(0.5, 4, len(hybrid_student.tokenizer)))
+        hybrid_student.hybrid.idf.copy_(torch.linspace(0.5, 4, BUCKETS))
         hybrid_student.hybrid.lex_weight.fill_(1.3)
     folder = hybrid_student.save_pretrained(tmp_path / "s")
     assert (folder / "hybrid_head.safetensors").is_file() and StudentConfig.load(folder).head == "hybrid"
     loaded = load_student(folder)
     assert loaded.hybrid is not None
     np.testing.assert_allclose(loaded.score(PAIRS), hybrid_student.score(PAIRS), rtol=0, atol=1e-5)
+    # a head of another term space (as saved before the lexical term matched stemmed words) is refused, not misread
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "hybrid_head.safetensors"))
+    save_file({**state, "idf": torch.ones(len(hybrid_student.tokenizer))}, str(folder / "hybrid_head.safetensors"))
+    with pytest.raises(RerankerError, match=f"asks for {BUCKETS} lexical buckets.*distil the student again"):
+        load_student(folder)
     (folder / "hybrid_head.safetensors").unlink()
     with pytest.raises(RerankerError, match="hybrid_head.safetensors"):
         load_student(folder)
