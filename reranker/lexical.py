@@ -52,7 +52,7 @@ def check_language(language: str) -> str:
     return language
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stopwords(language: str) -> frozenset[str]:
     name = _STOPWORDS.get(language)
     if name is None:

@@ -171,11 +171,10 @@ def truncate_queries(tokenizer: Any, queries: list[str], max_tokens: int) -> lis
 
 def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, np.ndarray]:
     queries = truncate_queries(tokenizer, queries, config.query_max_length)
-    if config.head == "hybrid":
-        # the document segment opens with its own [CLS], "[CLS] q [SEP] [CLS] d [SEP]": encoded apart from the
-        # query (student.heads), it then reads exactly as the bi-encoder read documents
-        if tokenizer.cls_token is None:
-            raise RerankerError("the hybrid head needs a tokenizer with a [CLS] token (BERT family)")
+    # hybrid: the document segment opens with its own [CLS], "[CLS] q [SEP] [CLS] d [SEP]": encoded apart from the
+    # query (student.heads), it then reads exactly as the bi-encoder read documents
+    if config.head == "hybrid" and tokenizer.cls_token is None:
+        raise RerankerError("the hybrid head needs a tokenizer with a [CLS] token (BERT family)")
     seconds = [f"{tokenizer.cls_token} {d}" for d in documents] if config.head == "hybrid" else documents
     enc = tokenizer(queries, seconds, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="np")
     arrays = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

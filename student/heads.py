@@ -113,9 +113,10 @@ class HybridHead(nn.Module):
         if not path.is_file():
             return False
         state = load_file(str(path))
-        if state.get("idf") is None or state["idf"].shape != self.idf.shape:
+        have = state["idf"].numel() if "idf" in state else 0
+        if have != self.idf.numel():
             raise RerankerError(
-                f"{path}: {tuple(state['idf'].shape)[0] if state.get('idf') is not None else 'no'} term weights, but the "
+                f"{path}: {have} term weights, but the "
                 f"student config asks for {self.idf.shape[0]} lexical buckets; a head saved before the lexical term "
                 "matched stemmed words (it had one weight per word piece) cannot be read: distil the student again")
         self.load_state_dict(state)
