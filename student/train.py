@@ -36,6 +36,11 @@ from reranker.errors import RerankerError
 
 log = logging.getLogger(__name__)
 
+#: Names the training code's behaviour beyond its settings (the head, its features, its fit). A change that makes
+#: ``distill`` produce a different student from the same settings gets a new value, so that pipelines re-run their
+#: distill stage instead of keeping a student of the old code as "up to date".
+RECIPE_VERSION = "2026-12-01 hybrid head, stemmed-word lexical term"
+
 
 class DistillConfig(BaseModel):
     """Every option of a distillation run; a config file (YAML or TOML) and CLI flags fill it."""
@@ -53,6 +58,7 @@ class DistillConfig(BaseModel):
     tokenizer: str | None = Field(None, description="Tokenizer (hub id or folder) for a random init.")
     max_length: int = Field(256, ge=16, description="Longest input in tokens (query + document + template).")
     query_max_length: int = Field(64, ge=1, description="Longest query in tokens (cut first).")
+    lexical_language: str = Field("english", description="Hybrid head: the language whose stemmer and stop words make the lexical term's words (reranker.lexical; any PyStemmer language).")
     group_size: int = Field(8, ge=2)
     batch_queries: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -160,6 +166,8 @@ def build_student(cfg: DistillConfig):
     extra = {"max_length": cfg.max_length, "query_max_length": cfg.query_max_length}
     if cfg.student == "cross-encoder":
         extra["head"] = cfg.head or "hybrid"
+        if extra["head"] == "hybrid":
+            extra["lexical_language"] = cfg.lexical_language
     elif cfg.head not in (None, "classifier"):
         raise RerankerError(f"head {cfg.head!r} is for cross-encoder students; a T5 student scores with logit(true) - logit(false)")
     if cfg.model_config_overrides is not None:

@@ -192,6 +192,18 @@ def test_the_new_head_trains_at_its_own_learning_rate(groups, tokenizers):
     assert {g["lr"] for g in parameter_groups(student, load_config(**options("cross-encoder", groups, tokenizers, "unused", lr=2e-5)))} == {2e-5}
 
 
+def test_the_lexical_language_reaches_the_student(groups, tokenizers):
+    from student.train import build_student
+
+    student = build_student(load_config(**options("cross-encoder", groups, tokenizers, "unused", lexical_language="german")))
+    assert student.config.lexical_language == "german"
+    enc = student.encode(["Häuser"], ["ein Haus und die Häuser"])
+    assert set(enc["query_terms"][0].tolist()) <= set(enc["doc_terms"][0].tolist())  # German stems, stop words dropped
+    assert (enc["doc_terms"][0] > 0).sum() == 2
+    with pytest.raises(RerankerError, match="no stemmer"):
+        build_student(load_config(**options("cross-encoder", groups, tokenizers, "unused", lexical_language="klingon")))
+
+
 def test_the_hybrid_head_starts_from_the_teacher(groups, tokenizers, tmp_path):
     """head: hybrid fits its cosine and term-match weights to the teacher before the first step: the untrained
     student already agrees with the teacher far better than the classifier head does, and than that head after training."""

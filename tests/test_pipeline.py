@@ -193,3 +193,17 @@ def test_shipped_configs_are_valid(name):
     assert cfg.evaluate.data is not None and cfg.promote.enabled
     default, _ = load_pipeline_config(DEFAULT_CONFIG)  # the embedded default's paths all resolve
     assert default.export.serve == "int8" and default.evaluate.cascade.enabled
+
+
+def test_distill_fingerprint_covers_defaults_and_the_recipe(tmp_path, monkeypatch):
+    """A run made by older code or under other defaults is not 'up to date': the distill stage's fingerprint input
+    holds every resolved setting and the training code's recipe version, not only the options the config names."""
+    import student.train
+    from reranker.pipeline import PipelineConfig
+
+    cfg = PipelineConfig(**yaml.safe_load(tiny_config(tmp_path, "fp").read_text()))
+    section = cfg.section("distill")
+    assert section["max_pairs"] == student.train.DistillConfig.model_fields["max_pairs"].default  # a default, not in the yaml
+    assert section["recipe"] == student.train.RECIPE_VERSION and "train" not in section
+    monkeypatch.setattr(student.train, "RECIPE_VERSION", "a later recipe")
+    assert cfg.section("distill") != section

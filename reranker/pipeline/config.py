@@ -129,11 +129,19 @@ class PipelineConfig(Section):
             raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
         return value
 
+    def distill_settings(self) -> dict[str, Any]:
+        """The distill options with every default filled in, and the training code's recipe version: a run made
+        with other defaults or an older recipe is not "up to date" (``student.train.RECIPE_VERSION``)."""
+        from student.train import RECIPE_VERSION, DistillConfig
+
+        resolved = DistillConfig(train="-", output_dir="-", **self.distill)
+        return {**resolved.model_dump(mode="json", exclude={"train", "dev", "output_dir"}), "recipe": RECIPE_VERSION}
+
     def section(self, stage: str) -> Any:
         """The part of the config a stage depends on (its fingerprint's input)."""
         return {
             "queries": {"corpus": self.corpus, "queries": self.queries, "seed": self.seed, "feedback": self.feedback},
-            "candidates": self.candidates, "labels": self.labels, "distill": self.distill, "export": self.export,
+            "candidates": self.candidates, "labels": self.labels, "distill": self.distill_settings(), "export": self.export,
             "evaluate": self.evaluate, "promote": self.promote,
         }[stage]
 
