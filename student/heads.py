@@ -22,11 +22,12 @@ them:
   query's term weight that the document matches, in [0, 1]. Raw BM25 grows with the query's
   length while the cosine does not; a weight fitted on one query form (long synthetic
   sentences) would then be wrong for another (short typed queries); on SciFact's synthetic
-  groups the normalised term lowered the fitted listwise KL from 0.176 to 0.140. Words, not
+  groups the normalised term lowered the fitted listwise KL from 0.176 to 0.140 (``head_init.kl``
+  in ``benchmarks/results/student_curve.json``, before and after that change). Words, not
   the model's word pieces: pieces miss "protein"/"proteins" and match rare words on their
-  common pieces; mixed with the same cosine on SciFact test (BM25 top 20, untrained student),
-  the stemmed-word share ranked at 0.72-0.73 nDCG@10 where the word-piece share reached 0.70
-  (``benchmarks/results/student_curve.md``, head ablation).
+  common pieces; mixed with the same cosine at a weight fitted to the teacher (SciFact test,
+  bm25s top 100, nothing trained), stemmed words ranked at 0.7350 nDCG@10 and word pieces at
+  0.7142 (``benchmarks/results/lexical_terms.md``).
 
 The classifier starts at zero; the two weights are fitted to the teacher's scores on training
 groups before the first step (least squares, then the listwise KL; :func:`fit_hybrid_head`), so
