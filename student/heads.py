@@ -33,7 +33,6 @@ The classifier starts at zero; the two weights are fitted to the teacher's score
 groups before the first step (least squares, then the listwise KL; :func:`fit_hybrid_head`), so
 the untrained student approximates its teacher. Everything is tensor arithmetic on the model's inputs
 (Equal, ReduceSum, Gather), so the head exports to ONNX in the same graph.
-
 """
 
 from __future__ import annotations
