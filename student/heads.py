@@ -22,8 +22,8 @@ them:
   query's term weight that the document matches, in [0, 1]. Raw BM25 grows with the query's
   length while the cosine does not; a weight fitted on one query form (long synthetic
   sentences) would then be wrong for another (short typed queries); on SciFact's synthetic
-  groups the normalised term lowered the fitted listwise KL from 0.176 to 0.140 (``head_init.kl``
-  in ``benchmarks/results/student_curve.json``, before and after that change). Words, not
+  groups the normalised term lowered the fitted listwise KL from 0.176 to 0.140 (``head_init.kl`` in the git
+  history of ``benchmarks/results/student_curve.json``, before and after that change). Words, not
   the model's word pieces: pieces miss "protein"/"proteins" and match rare words on their
   common pieces; mixed with the same cosine at a weight fitted to the teacher (SciFact test,
   bm25s top 100, nothing trained), stemmed words ranked at 0.7350 nDCG@10 and word pieces at
