@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from collections import Counter
@@ -43,6 +42,8 @@ from reranker.lexical import analyze
 from reranker.records import Run
 from reranker.retrieval.bm25s_backend import BM25sRetriever
 from reranker.retrieval.dense import load_bi_encoder, resolve_model_path
+from teacher.backends.normalize import zscores
+from teacher.base import Pair
 
 K1, B = 1.2, 0.75  # the head's BM25 constants
 MAX_TERMS = 256  # the head reads the document's first max_length (256) terms
@@ -50,12 +51,13 @@ GRID = (0.1, 0.2, 0.3, 0.5, 0.8, 1.2)
 
 
 def analysers(tokenizer) -> dict:
+    from bm25s.tokenization import tokenize
+
     special = set(tokenizer.all_special_ids)
-    word = re.compile(r"(?u)\b\w\w+\b")
     return {
         "pieces": lambda t: [i for i in tokenizer(t, add_special_tokens=False, truncation=True, max_length=MAX_TERMS)["input_ids"]
                              if i not in special],
-        "words": lambda t: word.findall(t.lower())[:MAX_TERMS],
+        "words": lambda t: tokenize([t], stopwords=None, return_ids=False, show_progress=False)[0][:MAX_TERMS],
         "stems": lambda t: analyze(t)[:MAX_TERMS],
     }
 
@@ -87,14 +89,6 @@ def centred(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-def zscore(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    out = centred(x, groups)
-    for g in np.unique(groups):
-        m = groups == g
-        out[m] /= out[m].std() + 1e-9
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
@@ -116,7 +110,8 @@ def main() -> None:
     groups = np.array([q for q, _, _ in pairs])
     cos = np.array([float(q_vec[q] @ d_vec[d]) for q, d, _ in pairs])
     bm25 = np.array([s for _, _, s in pairs])
-    teacher = zscore(cos, groups) + zscore(bm25, groups)
+    keys = [Pair(q, d, "", "") for q, d, _ in pairs]
+    teacher = np.array(zscores(keys, cos.tolist())) + np.array(zscores(keys, bm25.tolist()))  # the ensemble teacher's fusion
 
     from transformers import AutoTokenizer
 

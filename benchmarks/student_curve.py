@@ -140,11 +140,10 @@ def main() -> None:
 
 def weights_digest(model: Path) -> str:
     """sha256 over a saved student's weight files (backbone and head): equal digests score every pair alike."""
-    h = hashlib.sha256()
-    for name in ("model.safetensors", "hybrid_head.safetensors"):
-        if (model / name).is_file():
-            h.update(name.encode() + (model / name).read_bytes())
-    return h.hexdigest()
+    from reranker.pipeline.runner import sha256_path
+
+    files = [model / name for name in ("model.safetensors", "hybrid_head.safetensors") if (model / name).is_file()]
+    return hashlib.sha256("".join(f"{f.name}:{sha256_path(f)}" for f in files).encode()).hexdigest()
 
 
 def _p_value(report: dict, run: str) -> float | None:

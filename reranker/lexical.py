@@ -3,13 +3,13 @@
 The hybrid student head (:mod:`student.heads`) scores term matches as BM25 does. Matching the
 model's word pieces instead misses what makes BM25 strong: "proteins" and "protein" are
 different pieces, and a rare word split into common pieces matches documents that only share
-the pieces. This module analyses text the way the project's bm25s retriever does (bm25s's
-token pattern, its stop-word lists, Snowball stemmers from PyStemmer) and maps every term to a
-stable integer id by hashing (CRC-32, the same in every process and on every machine), so
-that the ids can be a model input: training, the ONNX graph and the server share one
-vocabulary-free term space. Id 0 is padding; a term's id is ``1 + crc32(term) % (buckets - 1)``.
-With 2^18 buckets the chance that a query term
-shares its id with one of the other terms of a 200-term document is about 1 in 1,300.
+the pieces. This module analyses text with the tokenizer of the project's bm25s retriever
+(bm25s's ``tokenize``: its token pattern and stop-word lists, Snowball stemmers from
+PyStemmer) and maps every term to a stable integer id by hashing (CRC-32, the same in every
+process and on every machine), so that the ids can be a model input: training, the ONNX graph
+and the server share one vocabulary-free term space. Id 0 is padding; a term's id is
+``1 + crc32(term) % (buckets - 1)``. With 2^18 buckets the chance that a query term shares its
+id with one of the other terms of a 200-term document is about 1 in 1,300.
 
 No torch: the ONNX serving path uses this module.
 """
@@ -17,7 +17,6 @@ No torch: the ONNX serving path uses this module.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import zlib
 from collections.abc import Sequence
@@ -26,15 +25,8 @@ import numpy as np
 
 from .errors import RerankerError
 
-#: bm25s's default token pattern: words of two or more word characters.
-TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 DEFAULT_BUCKETS = 1 << 18
 DEFAULT_LANGUAGE = "english"
-#: bm25s's stop-word lists by Snowball language name (languages without one keep every word).
-_STOPWORDS = {"english": "STOPWORDS_EN", "danish": "STOPWORDS_DANISH", "dutch": "STOPWORDS_DUTCH",
-              "french": "STOPWORDS_FRENCH", "german": "STOPWORDS_GERMAN", "italian": "STOPWORDS_ITALIAN",
-              "norwegian": "STOPWORDS_NORWEGIAN", "portuguese": "STOPWORDS_PORTUGUESE", "russian": "STOPWORDS_RUSSIAN",
-              "spanish": "STOPWORDS_SPANISH", "swedish": "STOPWORDS_SWEDISH", "turkish": "STOPWORDS_TURKISH"}
 
 _local = threading.local()  # PyStemmer's stemmers keep a cache and are not safe to share between threads
 
@@ -53,13 +45,15 @@ def check_language(language: str) -> str:
 
 
 @functools.cache
-def stopwords(language: str) -> frozenset[str]:
-    name = _STOPWORDS.get(language)
-    if name is None:
-        return frozenset()
-    from bm25s import stopwords as lists
+def _stopwords(language: str) -> str | None:
+    """``language`` where bm25s has a stop-word list for it, else None (every word kept)."""
+    from bm25s.tokenization import tokenize
 
-    return frozenset(getattr(lists, name))
+    try:
+        tokenize(["probe"], stopwords=language, return_ids=False, show_progress=False)
+    except ValueError:
+        return None
+    return language
 
 
 def _stemmer(language: str):
@@ -73,11 +67,20 @@ def _stemmer(language: str):
     return stemmers[language]
 
 
+def analyze_many(texts: Sequence[str], language: str = DEFAULT_LANGUAGE) -> list[list[str]]:
+    """The terms of each text in order, by bm25s's own tokenizer (the retriever's): lower-cased words of 2+
+    characters, stop words dropped, stemmed."""
+    from bm25s.tokenization import tokenize
+
+    if not texts:
+        return []
+    stemmer = _stemmer(language)
+    return tokenize(list(texts), stopwords=_stopwords(language), stemmer=stemmer, return_ids=False, show_progress=False)
+
+
 def analyze(text: str, language: str = DEFAULT_LANGUAGE) -> list[str]:
-    """The terms of ``text`` in order: lower-cased words of 2+ characters, stop words dropped, stemmed."""
-    stop = stopwords(language)
-    words = [w for w in TOKEN_PATTERN.findall(text.lower()) if w not in stop]
-    return _stemmer(language).stemWords(words) if words else []
+    """The terms of one text (:func:`analyze_many`)."""
+    return analyze_many([text], language)[0]
 
 
 def term_id(term: str, buckets: int = DEFAULT_BUCKETS) -> int:
@@ -94,7 +97,7 @@ def term_ids(texts: Sequence[str], max_terms: int, buckets: int = DEFAULT_BUCKET
         raise RerankerError(f"lexical buckets must be at least 2, got {buckets}")
     if max_terms < 1:
         raise RerankerError(f"max_terms must be at least 1, got {max_terms}")
-    rows = [[term_id(t, buckets) for t in analyze(text, language)[:max_terms]] for text in texts]
+    rows = [[term_id(t, buckets) for t in terms[:max_terms]] for terms in analyze_many(texts, language)]
     out = np.zeros((len(rows), max([1, *map(len, rows)])), dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
