@@ -155,12 +155,15 @@ def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> No
     env = environment("torch", "transformers", "onnxruntime")
     bm25 = next(v["ndcg@10"] for k, v in base.items() if "bm25" in k)
     teacher = next(v["ndcg@10"] for k, v in base.items() if "teacher" in k)
+    # the rows and seeds in the table (runs add to WORK/curve.json one after another), not only this invocation's
+    made_rows = ",".join(r for r in ROWS if any(v["row"] == r for v in results.values())) or args.rows
+    made_seeds = ",".join(str(s) for s in sorted({v["seed"] for v in results.values() if v["row"] == "recipe"})) or args.seeds
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "student_curve.json").write_text(machine_independent(json.dumps(
         {"bm25": bm25, "teacher": teacher, "points": results, "timings": t, "env": env}, indent=2), w) + "\n")
     lines = [
         "# Student learning curve on SciFact (no human labels in training or model selection)", "",
-        f"Made by `python benchmarks/student_curve.py --rows {args.rows} --seeds {args.seeds} --points {args.points} --top-k {args.top_k} "
+        f"Made by `python benchmarks/student_curve.py --rows {made_rows} --seeds {made_seeds} --points {args.points} --top-k {args.top_k} "
         f"--eval-every {args.eval_every}` (a point missing from the table was not reached) "
         f"on {time.strftime('%Y-%m-%d')} ({env['cores']} cores, torch {env['torch']}). Students re-rank bm25s's top {args.top_k} "
         f"for the 300 test queries through their ONNX int8 export. BM25 {bm25:.4f}, teacher (ensemble) {teacher:.4f} nDCG@10.", "",

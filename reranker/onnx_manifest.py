@@ -69,6 +69,38 @@ class ModelFile(BaseModel):
     parity: Parity | None = Field(None, description="always filled by `reranker export`")
 
 
+class PrecisionCandidate(BaseModel):
+    """One graph that ``--precision auto`` measured on the calibration sample (CPU, one process, same threads)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="fp32, int8 (dynamic) or int8 (weight-only)")
+    precision: Precision
+    int8_method: str | None = None
+    pairs_per_second: float = Field(description="best of the timed passes over the sample, after a warm-up batch")
+    ndcg_drop: float = Field(description="nDCG@10 of the fp32 graph minus this graph's, on the calibration sample")
+    top10_agreement: float = Field(description="mean overlap of each query's top 10 with the fp32 graph's")
+    bytes: int
+    within_budget: bool
+
+
+class PrecisionChoice(BaseModel):
+    """What ``reranker export --precision auto`` chose and why: the fastest candidate within the nDCG budget.
+
+    Scorers on a CPU load ``precision`` by default when the manifest has a choice."""
+
+    model_config = ConfigDict(extra="forbid")
+    precision: Precision = Field(description="the models entry chosen")
+    candidate: str = Field(description="the chosen candidate's name")
+    max_ndcg_drop: float
+    measured_against: str = Field(description="the gains nDCG@10 was computed with: the sample's judgements or fp32's own ranking")
+    pairs: int
+    queries: int
+    sample: str
+    threads: int | None = Field(description="ONNX Runtime intra-op threads (None: its default, all cores)")
+    candidates: list[PrecisionCandidate]
+    reason: str
+
+
 class TokenizerInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vocab_size: int = Field(description="len(tokenizer), added tokens included")
@@ -91,6 +123,7 @@ class OnnxManifest(BaseModel):
     score: str = Field(description="what the score means (from the student config)")
     tokenizer: TokenizerInfo
     models: dict[str, ModelFile]
+    choice: PrecisionChoice | None = Field(None, description="`--precision auto`: the measured candidates and the chosen graph")
     source: str = Field(description="the student folder exported")
     created: str
     versions: dict[str, str]

@@ -122,9 +122,13 @@ class OnnxScorer(PairScoring):
     # --- loading ------------------------------------------------------------------------
 
     def _default_precision(self, providers: list[str]) -> str:
-        """GPU: fp16 when exported, else fp32; CPU: int8 when exported, else fp32."""
+        """GPU: fp16 when exported, else fp32; CPU: the graph ``--precision auto`` chose (the manifest's
+        ``choice``), else int8 when exported, else fp32."""
         models = self.manifest.models
         gpu = providers[0] != "CPUExecutionProvider"
+        choice = self.manifest.choice
+        if not gpu and choice is not None and choice.precision in models:
+            return choice.precision
         preferred = "fp16" if gpu else "int8"
         return preferred if preferred in models else "fp32" if "fp32" in models else next(iter(models))
 
@@ -225,8 +229,8 @@ def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_
     ``providers``: execution providers (default CUDA if available, then CPU; ``["tensorrt", "cuda"]``
     for TensorRT); ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime's thread pools
     (default: ONNX Runtime's own choice; ``RERANKER_ORT_THREADS`` sets the intra-op count);
-    ``precision``: ``"fp32"``, ``"int8"`` or ``"fp16"`` (default: fp16 on GPU and int8 on CPU when
-    exported, else fp32).
+    ``precision``: ``"fp32"``, ``"int8"`` or ``"fp16"`` (default: fp16 on GPU when exported; on CPU the
+    graph that ``--precision auto`` chose, else int8 when exported; else fp32).
     """
     if unused:
         raise RerankerError(f"load_onnx: unknown option(s) {', '.join(sorted(unused))} "

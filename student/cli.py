@@ -61,7 +61,8 @@ def distill(ctx: typer.Context):
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A student folder from `reranker distill` (student_config.json).")],
     out_dir: Annotated[Path, typer.Argument(help="The ONNX folder to write (model.onnx, tokenizer, onnx_manifest.json).")],
-    precision: Annotated[list[str] | None, typer.Option(help="fp32, int8, fp16 or all; repeatable or comma-separated. fp32 is always exported.")] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, int8, fp16, all or auto; repeatable or comma-separated. fp32 is always exported. "
+                                                       "auto: time both int8 methods and fp32 on the parity pairs and keep the fastest within --max-ndcg-drop.")] = None,
     optimize: Annotated[bool, typer.Option(help="Run ONNX Runtime's transformer optimiser (kept only if it passes parity).")] = True,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     parity_sample: Annotated[int, typer.Option(help="Pairs in the parity check against PyTorch.")] = 128,
@@ -69,6 +70,8 @@ def export(
     triton: Annotated[Path | None, typer.Option(help="Also write a Triton Inference Server model repository here.")] = None,
     int8_method: Annotated[str, typer.Option(help="dynamic: int8 weights and per-batch int8 activations (fastest on CPU); "
                                              "weight-only: int8 weights, fp32 activations (closest scores, quarter size, about fp32 speed).")] = "dynamic",
+    max_ndcg_drop: Annotated[float, typer.Option(min=0.0, help="--precision auto: the most nDCG@10 below fp32 (on the parity pairs) a faster graph may lose.")] = 0.005,
+    threads: Annotated[int | None, typer.Option(min=1, help="--precision auto: ONNX Runtime threads for the timing (default: all cores), as the server will run.")] = None,
 ):
     """Export a student to ONNX (optimised fp32, int8 for CPUs, fp16 for GPUs), checked against PyTorch."""
     from .export import export_student, parse_precisions
@@ -77,11 +80,17 @@ def export(
     precisions = parse_precisions(precision or ["fp32", "int8"])
     sample = load_parity_sample(parity_data, parity_sample)
     manifest = export_student(model_dir, out_dir, precisions, optimize=optimize, opset=opset,
-                              parity=sample, triton_dir=triton, int8_method=int8_method)
+                              parity=sample, triton_dir=triton, int8_method=int8_method, max_ndcg_drop=max_ndcg_drop, threads=threads)
     for name, entry in manifest.models.items():
         p = entry.parity
         typer.echo(f"{name}: {out_dir / entry.file} ({entry.bytes / 1e6:.1f} MB{', optimised' if entry.optimized else ''}); "
                    f"parity on {p.pairs} pairs: max |diff| {p.max_abs_diff:.2e}, top-10 agreement {p.top10_agreement:.3f}")
+    if manifest.choice is not None:
+        c = manifest.choice
+        for cand in c.candidates:
+            typer.echo(f"  candidate {cand.name}: {cand.pairs_per_second:.1f} pairs/s, nDCG@10 drop {cand.ndcg_drop:+.4f}, "
+                       f"top-10 agreement {cand.top10_agreement:.3f}, {cand.bytes / 1e6:.1f} MB{'' if cand.within_budget else ' (over the budget)'}")
+        typer.echo(f"auto: {c.candidate} is the CPU default ({c.reason}; nDCG@10 against {c.measured_against}, {c.pairs} pairs)")
     if triton:
         typer.echo(f"Triton model repository: {triton}")
 

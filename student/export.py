@@ -16,7 +16,10 @@
    attention fusion so that the Q/K/V projections stay MatMuls that can be quantised.
 4. **fp16** (cross-encoders; T5 overflows in fp16): weights and activations in fp16 for GPUs;
    inputs, output and the classification head stay fp32, so the score is computed in fp32.
-5. **Parity**: every precision is scored by the ONNX Runtime scorer (:mod:`reranker.onnx_runtime`,
+5. **auto** (``--precision auto``): both int8 methods are built and, with fp32, timed and ranked on the
+   parity sample; the fastest within ``max_ndcg_drop`` nDCG@10 of fp32 becomes the CPU default
+   (:mod:`student.precision`; the manifest's ``choice`` says which and why).
+6. **Parity**: every precision is scored by the ONNX Runtime scorer (:mod:`reranker.onnx_runtime`,
    CPU) on a sample of real pairs and compared with the PyTorch student; beyond the tolerance
    written in the manifest the export fails with the figures and leaves nothing behind.
 
@@ -42,6 +45,7 @@ from reranker.onnx_manifest import (
     PRECISIONS,
     ModelFile,
     OnnxManifest,
+    PrecisionChoice,
     TokenizerInfo,
     Tolerance,
     sha256,
@@ -50,6 +54,7 @@ from reranker.scoring import ONNX_MANIFEST
 
 from .formatting import template_path
 from .parity import ParitySample, compare, load_parity_sample
+from .precision import DEFAULT_MAX_NDCG_DROP, choose, measure
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +62,34 @@ DEFAULT_OPSET = 17
 #: the graph inputs in the order of the students' forward() (token ids and masks, then the hybrid head's term ids)
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms")
 INT8_METHODS = ("dynamic", "weight-only")
+#: the precision name that measures the candidate graphs and keeps the fastest within the nDCG budget (student.precision)
+AUTO = "auto"
 WEIGHT_ONLY_BLOCK = 128
 
 
 def parse_precisions(values: Sequence[str]) -> list[str]:
-    """``["fp32", "int8"]``, ``["all"]``, ``["fp32,int8"]`` -> precisions in a fixed order (fp32 always first)."""
+    """``["fp32", "int8"]``, ``["all"]``, ``["fp32,int8"]``, ``["auto"]`` -> precisions in a fixed order (fp32 always
+    first; ``auto`` last: measure the int8 methods and keep the fastest graph within the nDCG budget)."""
     names = {p.strip().lower() for v in values for p in v.split(",") if p.strip()}
     if "all" in names:
-        names = set(PRECISIONS)
-    unknown = sorted(names - set(PRECISIONS))
+        names |= set(PRECISIONS)
+    unknown = sorted(names - set(PRECISIONS) - {"all", AUTO})
     if unknown:
-        raise RerankerError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)} or all")
-    return [p for p in PRECISIONS if p in names or p == "fp32"]
+        raise RerankerError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}, all or auto")
+    return [p for p in PRECISIONS if p in names or p == "fp32"] + ([AUTO] if AUTO in names else [])
 
 
 def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Sequence[str] = ("fp32", "int8"), *,
                    optimize: bool = True, opset: int = DEFAULT_OPSET, parity: ParitySample | None = None,
                    parity_sample: int = 128, tolerances: dict[str, Tolerance] | None = None,
-                   triton_dir: str | Path | None = None, int8_method: str = "dynamic") -> OnnxManifest:
-    """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there."""
+                   triton_dir: str | Path | None = None, int8_method: str = "dynamic",
+                   max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None) -> OnnxManifest:
+    """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there.
+
+    ``precisions`` with ``auto``: both int8 methods are built and, with fp32, timed and ranked on the parity
+    sample (``threads``: ONNX Runtime's intra-op threads for that); the fastest graph within ``max_ndcg_drop``
+    nDCG@10 of fp32 is the CPU default (the manifest's ``choice``), an int8 one is kept as the int8 model.
+    """
     from .models import load_student
 
     try:
@@ -144,14 +158,17 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         _fail_unless(fp32, "fp32")
         models["fp32"] = fp32
         base = work / fp32.file
-        if "int8" in precisions and int8_method == "weight-only":
+        if AUTO in precisions:
+            draft.choice, chosen = _auto_precision(student, raw, base, fp32.optimized, work, check, sample, optimize,
+                                                   max_ndcg_drop, threads)
+            if chosen is not None:
+                models["int8"] = chosen
+        elif "int8" in precisions and int8_method == "weight-only":
             quantized, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
-            models["int8"] = _fail_unless(check("int8", quantized, fused,
-                                                [f"weight-only int8: MatMulNBits (8 bits, blocks of {WEIGHT_ONLY_BLOCK}), "
-                                                 "int8 embeddings, fp32 activations"]), "int8")
+            models["int8"] = _fail_unless(check("int8", quantized, fused, _int8_notes("weight-only")), "int8")
         elif "int8" in precisions:
             models["int8"] = _fail_unless(check("int8", _quantize(base, work / "int8.tmp.onnx"), fp32.optimized,
-                                                ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]), "int8")
+                                                _int8_notes("dynamic")), "int8")
         raw.unlink()
         if "fp16" in precisions:
             models["fp16"] = _fail_unless(check("fp16", _to_fp16(base, work / "fp16.tmp.onnx"), fp32.optimized,
@@ -170,6 +187,47 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         write_triton_repository(out_dir, triton_dir)
     log.info("exported %s student %s to %s (%s)", student.kind, model_dir, out_dir, ", ".join(models))
     return draft
+
+
+def _int8_notes(method: str) -> list[str]:
+    if method == "weight-only":
+        return [f"weight-only int8: MatMulNBits (8 bits, blocks of {WEIGHT_ONLY_BLOCK}), int8 embeddings, fp32 activations"]
+    return ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]
+
+
+def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, sample: ParitySample,
+                    optimize: bool, max_ndcg_drop: float, threads: int | None) -> tuple[PrecisionChoice, ModelFile | None]:
+    """Build both int8 graphs, measure them and fp32 on ``sample`` (:mod:`student.precision`); returns the choice
+    and the int8 entry to keep (moved to the int8 file name), or ``None`` when fp32 won."""
+    measured = [measure(work, "fp32", sample, "fp32", threads=threads)]
+    built: dict[str, tuple[ModelFile, Path]] = {}
+    excluded = []
+    for method in INT8_METHODS:
+        name = f"int8 ({method})"
+        if method == "weight-only":
+            path, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
+        else:
+            path, fused = _quantize(base, work / "int8.tmp.onnx"), base_fused
+        entry = check("int8", path, fused, _int8_notes(method))
+        if entry.parity.passed:
+            measured.append(measure(work, "int8", sample, name, method, threads=threads))
+        else:
+            excluded.append(f"{name} (top-10 agreement with PyTorch {entry.parity.top10_agreement:.3f}, "
+                            f"below the int8 parity tolerance {entry.parity.tolerance.min_top10_agreement:g})")
+            log.warning("%s missed the int8 parity tolerance; not a candidate", name)
+        keep = work / f".candidate-int8-{method}.onnx"
+        shutil.move(work / MODEL_FILES["int8"], keep)
+        built[name] = (entry, keep)
+    choice = choose(measured, sample, max_ndcg_drop, threads, excluded)
+    chosen = None
+    for name, (entry, path) in built.items():
+        if name == choice.candidate:
+            shutil.move(path, work / MODEL_FILES["int8"])
+            entry.notes.append(f"chosen by --precision auto: {choice.reason}")
+            chosen = entry
+        else:
+            path.unlink()
+    return choice, chosen
 
 
 def _fail_unless(entry: ModelFile, precision: str) -> ModelFile:

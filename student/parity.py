@@ -26,11 +26,16 @@ CANDIDATES_PER_QUERY = 16
 
 @dataclass
 class ParitySample:
-    """``pairs`` and, for each, the index of its query group; ``source`` says where they came from."""
+    """``pairs`` and, for each, the index of its query group; ``source`` says where they came from.
+
+    ``labels``: each pair's relevance grade from the data set's judgements (0 = not judged relevant),
+    or ``None`` when the sample has no judgements (a pairs file, a data set without qrels).
+    """
 
     pairs: list[tuple[str, str]]
     groups: list[int]
     source: str
+    labels: list[int] | None = None
 
     @property
     def num_queries(self) -> int:
@@ -40,13 +45,17 @@ class ParitySample:
 def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: int = 0) -> ParitySample:
     """About ``size`` real pairs: queries sampled from a data set, each with its bm25s top 16.
 
-    ``spec``: ``None`` (the embedded demo corpus), a JSONL file of pairs (``{"query", "document"}``
-    per line, optional ``"qid"`` to group them; default: the query text), or any data-set spec.
+    ``spec``: ``None`` (the embedded demo corpus, with its judgements), a JSONL file of pairs
+    (``{"query", "document"}`` per line, optional ``"qid"`` to group them, default: the query text, and
+    optional ``"label"``, a relevance grade), a JSONL of labelled groups (``reranker label --export``: each
+    query with its candidates' texts; no judgements), or any data-set spec (its qrels, if any, grade the pairs).
     """
     if size < 1:
         raise RerankerError(f"the parity sample needs at least 1 pair, got {size}")
-    if spec is not None and _is_pairs_file(Path(spec)):
+    if spec is not None and _first_row_has(Path(spec), "query", "document"):
         return _pairs_file(Path(spec), size)
+    if spec is not None and _first_row_has(Path(spec), "query", "candidates"):
+        return _groups_file(Path(spec), size)
     from reranker.io.dataset import load_dataset
     from reranker.io.documents import ChunkConfig
     from reranker.retrieval import build_index
@@ -55,7 +64,8 @@ def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: in
         from reranker.demo import demo_data
 
         root = demo_data()
-        ds = load_dataset(root / "docs", queries=root / "queries.jsonl", chunking=ChunkConfig(words=120, overlap=30))
+        ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv",
+                          chunking=ChunkConfig(words=120, overlap=30))
         source = "embedded demo corpus (Northwind Analytics), bm25s top 16"
     else:
         ds = load_dataset(str(spec))
@@ -65,17 +75,24 @@ def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: in
     random.Random(seed).shuffle(qids)
     qids = qids[: max(1, -(-size // CANDIDATES_PER_QUERY))]
     run = build_index(ds.corpus, "bm25s").search({q: queries[q].text for q in qids}, k=CANDIDATES_PER_QUERY)
-    pairs, groups = [], []
+    from reranker.io.documents import document_of
+
+    judged = ds.qrels if ds.qrels is not None and len(ds.qrels) else None
+    pairs, groups, labels = [], [], []
     for g, qid in enumerate(qids):
         for hit in run.ranking(qid) if qid in run else []:
             pairs.append((queries[qid].text, ds.corpus[hit.doc_id].contents))
             groups.append(g)
+            if judged is not None:
+                grades = judged.get(qid, {})
+                # a chunked corpus is judged per document: a passage takes its document's grade
+                labels.append(int(grades.get(hit.doc_id, grades.get(document_of(hit.doc_id, ds.corpus) or "", 0))))
     if not pairs:
         raise RerankerError(f"parity sample: BM25 found no candidates for the sampled queries of {spec or 'the demo corpus'}")
-    return ParitySample(pairs[:size], groups[:size], source)
+    return ParitySample(pairs[:size], groups[:size], source, labels[:size] if judged is not None else None)
 
 
-def _is_pairs_file(path: Path) -> bool:
+def _first_row_has(path: Path, *keys: str) -> bool:
     if path.suffix != ".jsonl" or not path.is_file():
         return False
     with open(path, encoding="utf-8") as f:
@@ -84,11 +101,11 @@ def _is_pairs_file(path: Path) -> bool:
         row = json.loads(first)
     except json.JSONDecodeError:
         return False
-    return isinstance(row, dict) and "query" in row and "document" in row
+    return isinstance(row, dict) and all(k in row for k in keys)
 
 
 def _pairs_file(path: Path, size: int) -> ParitySample:
-    pairs, keys = [], []
+    pairs, keys, labels = [], [], []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -96,13 +113,34 @@ def _pairs_file(path: Path, size: int) -> ParitySample:
             try:
                 row = json.loads(line)
                 pairs.append((str(row["query"]), str(row["document"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataFormatError(path, n, f"expected a JSON object with 'query' and 'document' ({exc})") from None
+                labels.append(None if row.get("label") is None else int(row["label"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise DataFormatError(path, n, f"expected a JSON object with 'query', 'document' and an optional integer 'label' ({exc})") from None
             keys.append(str(row.get("qid", row["query"])))
             if len(pairs) >= size:
                 break
     ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return ParitySample(pairs, [ids[k] for k in keys], f"{path} (first {len(pairs)} pairs)")
+    graded = all(label is not None for label in labels)
+    return ParitySample(pairs, [ids[k] for k in keys], f"{path} (first {len(pairs)} pairs)", labels if graded else None)
+
+
+def _groups_file(path: Path, size: int) -> ParitySample:
+    """Pairs of labelled groups (``reranker label --export``), group by group, until ``size`` pairs."""
+    pairs, groups = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                group = [(str(row["query"]), str(c["text"])) for c in row["candidates"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataFormatError(path, n, f"expected a labelled group with 'query' and 'candidates' holding 'text' ({exc})") from None
+            pairs += group
+            groups += [n] * len(group)
+            if len(pairs) >= size:
+                break
+    return ParitySample(pairs[:size], groups[:size], f"{path} (labelled groups, first {min(size, len(pairs))} pairs)")
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, sample: ParitySample, tolerance: Tolerance) -> Parity:

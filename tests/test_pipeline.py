@@ -8,6 +8,7 @@ loop and a second model version is stored and gated; broken configs fail before 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_shipped_configs_are_valid(name):
     cfg = PipelineConfig(**yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text()))
     assert cfg.evaluate.data is not None and cfg.promote.enabled
     default, _ = load_pipeline_config(DEFAULT_CONFIG)  # the embedded default's paths all resolve
-    assert default.export.serve == "int8" and default.evaluate.cascade.enabled
+    assert default.export.precisions == ["auto"] and default.export.serve == "auto" and default.evaluate.cascade.enabled
 
 
 def test_distill_fingerprint_covers_defaults_and_the_recipe(tmp_path, monkeypatch):
@@ -207,3 +208,27 @@ def test_distill_fingerprint_covers_defaults_and_the_recipe(tmp_path, monkeypatc
     assert section["recipe"] == student.train.RECIPE_VERSION and "train" not in section
     monkeypatch.setattr(student.train, "RECIPE_VERSION", "a later recipe")
     assert cfg.section("distill") != section
+
+
+def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path):
+    """The pipeline's default export measures fp32 and both int8 graphs on the run's held-out synthetic pairs
+    (no judgements: fidelity to fp32), keeps the fastest within max_ndcg_drop, and evaluation loads that one."""
+    from reranker.pipeline import PipelineConfig
+    from reranker.pipeline.runner import Context
+    from reranker.pipeline.stages import serving_model, stage_export
+
+    data = yaml.safe_load(tiny_config(tmp_path, "auto").read_text())
+    del data["export"]
+    cfg = PipelineConfig(**data)
+    assert cfg.export.precisions == ["auto"] and cfg.export.serve == "auto" and cfg.export.max_ndcg_drop == 0.005
+    ctx = Context(cfg, tmp_path / "auto", tmp_path)
+    shutil.copytree(runs["whole"] / "student" / "model", ctx.path("student", "model"))
+    shutil.copyfile(runs["whole"] / "dev.jsonl", ctx.path("dev.jsonl"))
+    choice = stage_export(ctx)["choice"]
+    assert "dev.jsonl (labelled groups" in choice["sample"] and "fp32's own ranking" in choice["measured_against"]
+    assert choice["max_ndcg_drop"] == 0.005 and len(choice["candidates"]) >= 1
+    chosen = next(c for c in choice["candidates"] if c["name"] == choice["candidate"])
+    assert chosen["within_budget"] and chosen["ndcg_drop"] <= 0.005
+    folder, options = serving_model(ctx)
+    assert folder == ctx.path("onnx") and options == {}
+    assert load_model(folder, **options).precision == choice["precision"]

@@ -69,8 +69,12 @@ class LabelsSection(Section):
 
 class ExportSection(Section):
     enabled: bool = True
-    precisions: list[Literal["fp32", "int8", "fp16"]] = Field(default_factory=lambda: ["fp32", "int8"], min_length=1)
-    serve: Literal["fp32", "int8", "fp16"] = Field("int8", description="The precision that evaluation and `serve` use.")
+    precisions: list[Literal["fp32", "int8", "fp16", "auto"]] = Field(
+        default_factory=lambda: ["auto"], min_length=1,
+        description="auto: time fp32 and both int8 methods on the dev groups' pairs and keep the fastest within max_ndcg_drop.")
+    serve: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", description="The precision that evaluation and `serve` use; auto: the export's own default (its auto choice on CPU).")
+    max_ndcg_drop: float = Field(0.005, ge=0, description="precisions auto: the most nDCG@10 below fp32 a faster graph may lose.")
     int8_method: Literal["dynamic", "weight-only"] = Field(
         "dynamic", description="dynamic: int8 weights and activations (fastest on CPU); weight-only: int8 weights, fp32 activations.")
 

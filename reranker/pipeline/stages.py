@@ -195,9 +195,17 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     from student.export import export_student
 
     e = ctx.config.export
-    manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions, int8_method=e.int8_method)
-    return {name: {"bytes": m.bytes, "optimized": m.optimized, "parity": m.parity.model_dump() if m.parity else None}
-            for name, m in manifest.models.items()}
+    from student.parity import load_parity_sample
+
+    # the user's own pairs (held-out synthetic groups) check parity and, with auto, choose the precision
+    sample = load_parity_sample(ctx.path("dev.jsonl"), 128) if ctx.path("dev.jsonl").is_file() else None
+    manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions, int8_method=e.int8_method,
+                              parity=sample, max_ndcg_drop=e.max_ndcg_drop)
+    out: dict[str, Any] = {name: {"bytes": m.bytes, "optimized": m.optimized, "parity": m.parity.model_dump() if m.parity else None}
+                           for name, m in manifest.models.items()}
+    if manifest.choice is not None:
+        out["choice"] = manifest.choice.model_dump()
+    return out
 
 
 def serving_model(ctx: Context) -> tuple[Path, dict[str, Any]]:
@@ -205,7 +213,7 @@ def serving_model(ctx: Context) -> tuple[Path, dict[str, Any]]:
     the ONNX export at ``export.serve`` precision when there is one, else the torch student."""
     e = ctx.config.export
     if e.enabled and ctx.path("onnx").is_dir():
-        return ctx.path("onnx"), {"precision": e.serve}
+        return ctx.path("onnx"), {} if e.serve == "auto" else {"precision": e.serve}
     return ctx.path("student", "model"), {}
 
 

@@ -1,0 +1,123 @@
+"""`reranker export --precision auto`: the fastest graph whose ranking stays within an nDCG budget.
+
+Quantisation trades quality for speed by an amount that depends on the student (how close its
+scores sit), the data and the CPU, so the export measures it instead of assuming it. Each
+candidate graph (fp32, int8 dynamic, int8 weight-only; see :mod:`student.export`) re-ranks the
+calibration sample (the parity sample: the user's pairs or the embedded demo corpus's BM25
+candidates) through the serving scorer (:mod:`reranker.onnx_runtime`, CPU, the same threads);
+the export keeps the fastest graph whose nDCG@10 is at most ``max_ndcg_drop`` below fp32's.
+
+The nDCG@10 is computed (ranx) with the sample's relevance judgements when it has them
+(the demo corpus, a data set with qrels, a pairs file with ``label``); without judgements, with
+fp32's own ranking as the graded truth (its top 10 get grades 10..1), so the drop is how far a
+graph's top 10 departs from fp32's, weighted to the top: label-free, and stricter than the
+judged drop (a swap among unjudged documents counts). fp32 is always within the budget, so
+there is always a choice. Speed is the best of ``passes`` timed passes after a warm-up batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reranker.onnx_manifest import PrecisionCandidate, PrecisionChoice
+from reranker.records import Qrels, Run
+
+from .parity import ParitySample, top_k_agreement
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NDCG_DROP = 0.005
+
+
+@dataclass
+class Measured:
+    """A candidate graph's scores and speed on the calibration sample."""
+
+    name: str
+    precision: str
+    int8_method: str | None
+    scores: np.ndarray
+    pairs_per_second: float
+    bytes: int
+
+
+def measure(folder: Path, precision: str, sample: ParitySample, name: str, int8_method: str | None = None,
+            threads: int | None = None, passes: int = 2, batch_size: int = 32) -> Measured:
+    """Score ``sample`` with the ``precision`` graph of the export in ``folder`` (CPU) and time it."""
+    from reranker.onnx_runtime import load_onnx
+
+    scorer = load_onnx(folder, providers=["cpu"], precision=precision, intra_op_threads=threads)
+    scorer.score(sample.pairs[:batch_size], batch_size=batch_size)  # warm-up: first-run allocations and kernels
+    best, scores = float("inf"), None
+    for _ in range(max(1, passes)):
+        start = time.perf_counter()
+        scores = scorer.score(sample.pairs, batch_size=batch_size)
+        best = min(best, time.perf_counter() - start)
+    size = (folder / scorer.manifest.models[precision].file).stat().st_size
+    log.info("%s: %.1f pairs/s on %d pairs", name, len(sample.pairs) / best, len(sample.pairs))
+    return Measured(name, precision, int8_method, np.asarray(scores, np.float64), len(sample.pairs) / best, size)
+
+
+def ndcg_at_10(scores: np.ndarray, sample: ParitySample, reference: np.ndarray) -> tuple[float, str]:
+    """nDCG@10 of ranking each query group of ``sample`` by ``scores`` (ranx), and what the gains were.
+
+    Gains: the sample's judgements over the groups that have a relevant pair; otherwise (no judgements,
+    or none relevant) fp32's ranking ``reference``, its top 10 graded 10..1.
+    """
+    from reranker.evaluation import evaluate
+
+    qrels = Qrels(name="gains")
+    judged = sample.labels is not None and any(label > 0 for label in sample.labels)
+    if judged:
+        for i, (group, label) in enumerate(zip(sample.groups, sample.labels)):
+            if label > 0:
+                qrels.add(str(group), str(i), int(label))
+        what = f"the sample's relevance judgements ({len(qrels)} judged queries)"
+    else:
+        members: dict[int, list[int]] = {}
+        for i, group in enumerate(sample.groups):
+            members.setdefault(group, []).append(i)
+        for group, idx in members.items():
+            for rank, j in enumerate(np.argsort(-reference[idx], kind="stable")[:10]):
+                qrels.add(str(group), str(idx[j]), 10 - rank)
+        what = "fp32's own ranking as graded truth (no judgements in the sample)"
+    run = Run(name="candidate")
+    for i, (group, score) in enumerate(zip(sample.groups, scores)):
+        if str(group) in qrels:
+            run.add(str(group), str(i), float(score))
+    return evaluate(qrels, run, ["ndcg@10"])["candidate"]["ndcg@10"], what
+
+
+def choose(measured: list[Measured], sample: ParitySample, max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP,
+           threads: int | None = None, excluded: list[str] | None = None) -> PrecisionChoice:
+    """The fastest of ``measured`` (fp32 among them) within ``max_ndcg_drop`` of fp32's nDCG@10; ties go to the smaller file.
+
+    ``excluded``: graphs that were built but not measured (why, in words), for the reason."""
+    reference = next(m for m in measured if m.precision == "fp32")
+    base, what = ndcg_at_10(reference.scores, sample, reference.scores)
+    rows = []
+    for m in measured:
+        ndcg = ndcg_at_10(m.scores, sample, reference.scores)[0]
+        drop = base - ndcg
+        rows.append(PrecisionCandidate(
+            name=m.name, precision=m.precision, int8_method=m.int8_method, pairs_per_second=round(m.pairs_per_second, 2),
+            ndcg_drop=round(drop, 6), top10_agreement=top_k_agreement(reference.scores, m.scores, sample.groups, 10),
+            bytes=m.bytes, within_budget=m is reference or drop <= max_ndcg_drop))
+    allowed = [r for r in rows if r.within_budget]
+    best = max(allowed, key=lambda r: (r.pairs_per_second, -r.bytes))
+    faster = [r for r in rows if not r.within_budget and r.pairs_per_second > best.pairs_per_second]
+    reason = f"{best.name}: the fastest within the budget ({best.pairs_per_second:.1f} pairs/s, nDCG@10 drop {best.ndcg_drop:+.4f})"
+    if faster:
+        reason += "; faster but over the budget: " + ", ".join(
+            f"{r.name} ({r.pairs_per_second:.1f} pairs/s, drop {r.ndcg_drop:+.4f})" for r in faster)
+    if excluded:
+        reason += "; not candidates: " + ", ".join(excluded)
+    log.info("precision auto: %s", reason)
+    return PrecisionChoice(precision=best.precision, candidate=best.name, max_ndcg_drop=max_ndcg_drop, measured_against=what,
+                           pairs=len(sample.pairs), queries=sample.num_queries, sample=sample.source, threads=threads,
+                           candidates=rows, reason=reason)

@@ -1,0 +1,152 @@
+"""`reranker export --precision auto`: the measured choice of the fastest graph within an nDCG budget.
+
+The choice logic runs on constructed measurements (real ranx nDCG, no timing noise); the export runs
+end to end on a tiny random cross-encoder with real ONNX Runtime sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+
+from reranker.errors import DataFormatError, RerankerError
+from reranker.onnx_manifest import OnnxManifest, Tolerance
+from student.models import CrossEncoderStudent
+from student.parity import ParitySample, load_parity_sample
+from student.precision import Measured, choose, ndcg_at_10
+
+pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
+from reranker.onnx_runtime import load_onnx
+from student.export import AUTO, export_student, parse_precisions
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+EXE = str(Path(sys.executable).with_name("reranker"))
+
+# two queries of five candidates; the reference (fp32) ranks each group 0 > 1 > 2 > 3 > 4
+GROUPS = [0] * 5 + [1] * 5
+REFERENCE = np.array([5.0, 4, 3, 2, 1, 5, 4, 3, 2, 1])
+SWAPPED_TOP = np.array([4.0, 5, 3, 2, 1, 4, 5, 3, 2, 1])  # ranks 1 and 2 exchanged in both groups
+SWAPPED_TAIL = np.array([5.0, 4, 3, 1, 2, 5, 4, 3, 1, 2])  # ranks 4 and 5 exchanged
+
+
+def _sample(labels=None) -> ParitySample:
+    return ParitySample([("q", f"d{i}") for i in range(10)], GROUPS, "constructed", labels)
+
+
+def _measured(name, precision, scores, speed, size=100):
+    return Measured(name, precision, None if precision == "fp32" else name.split("(")[1].rstrip(")"), scores, speed, size)
+
+
+def test_label_free_ndcg_is_fidelity_to_fp32_weighted_to_the_top():
+    sample = _sample()
+    assert ndcg_at_10(REFERENCE, sample, REFERENCE)[0] == pytest.approx(1.0)
+    top, what = ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)
+    tail = ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)[0]
+    assert "fp32's own ranking" in what
+    assert top < tail < 1.0  # a swap at the top costs more than one at the tail
+
+
+def test_judged_ndcg_uses_the_labels_and_ignores_unjudged_swaps():
+    labels = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # only group 0 has a relevant pair (its first)
+    sample = _sample(labels)
+    ndcg, what = ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)
+    assert "judgements (1 judged queries)" in what
+    assert ndcg == pytest.approx(1.0)  # swapping two non-relevant pairs changes nothing
+    assert ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)[0] == pytest.approx(1 / np.log2(3))
+
+
+def test_choice_is_the_fastest_within_the_budget_and_says_why():
+    sample = _sample()
+    measured = [_measured("fp32", "fp32", REFERENCE, 10.0, 400),
+                _measured("int8 (dynamic)", "int8", SWAPPED_TOP, 30.0),
+                _measured("int8 (weight-only)", "int8", SWAPPED_TAIL, 15.0)]
+    tail_drop = 1 - ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)[0]
+    top_drop = 1 - ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)[0]
+    assert 0 < tail_drop < top_drop
+    c = choose(measured, sample, max_ndcg_drop=(tail_drop + top_drop) / 2)
+    assert (c.candidate, c.precision) == ("int8 (weight-only)", "int8")
+    assert "faster but over the budget: int8 (dynamic)" in c.reason
+    by_name = {r.name: r for r in c.candidates}
+    assert by_name["int8 (dynamic)"].ndcg_drop == pytest.approx(top_drop, abs=1e-6) and not by_name["int8 (dynamic)"].within_budget
+    assert by_name["fp32"].ndcg_drop == 0 and by_name["fp32"].top10_agreement == 1.0
+    assert choose(measured, sample, max_ndcg_drop=1.0).candidate == "int8 (dynamic)"
+    assert choose(measured, sample, max_ndcg_drop=0.0).candidate == "fp32"  # always a choice: fp32 is within any budget
+
+
+def test_parity_samples_carry_judgements_where_there_are_any(tmp_path):
+    demo = load_parity_sample(None, 64)
+    assert demo.labels is not None and len(demo.labels) == len(demo.pairs) and any(demo.labels)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"qid": "a", "query": "q", "document": f"d{i}", "label": int(i == 0)}) + "\n" for i in range(3)))
+    assert load_parity_sample(pairs, 10).labels == [1, 0, 0]
+    groups = tmp_path / "dev.jsonl"
+    groups.write_text("".join(json.dumps({"query_id": f"g{g}", "query": f"q{g}", "candidates": [
+        {"doc_id": str(i), "text": f"text {g} {i}", "score": 0.5, "label": 0.5} for i in range(4)]}) + "\n" for g in range(3)))
+    s = load_parity_sample(groups, 10)
+    assert len(s.pairs) == 10 and s.num_queries == 3 and s.labels is None and s.pairs[4] == ("q1", "text 1 0")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "q", "candidates": [{"doc_id": "1"}]}) + "\n")
+    with pytest.raises(DataFormatError, match="bad.jsonl.*line 1.*'text'"):
+        load_parity_sample(bad, 10)
+
+
+def test_parse_precisions_knows_auto():
+    assert parse_precisions(["auto"]) == ["fp32", AUTO]
+    assert parse_precisions(["auto,fp16"]) == ["fp32", "fp16", AUTO]
+    with pytest.raises(RerankerError, match="choose from .*auto"):
+        parse_precisions(["int4"])
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    bert = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8).eval()
+    return bert.save_pretrained(tmp_path_factory.mktemp("auto") / "student")
+
+
+def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_dir, tmp_path):
+    sample = load_parity_sample(None, 48)
+    loose = {"int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.0)}  # random tiny model: near-tied scores
+    m = export_student(student_dir, tmp_path / "any", ["auto"], parity=sample, tolerances=loose, max_ndcg_drop=1.0, threads=1)
+    c = m.choice
+    assert {r.name for r in c.candidates} == {"fp32", "int8 (dynamic)", "int8 (weight-only)"}
+    assert c.threads == 1 and c.pairs == len(sample.pairs) and "judgements" in c.measured_against
+    fastest = max(c.candidates, key=lambda r: r.pairs_per_second)
+    assert c.candidate == fastest.name  # a budget of 1.0 lets every graph in
+    assert OnnxManifest.load(tmp_path / "any").choice == c  # written to the manifest
+    onnx_files = sorted(p.name for p in (tmp_path / "any").glob("*.onnx"))
+    assert onnx_files == (["model.int8.onnx", "model.onnx"] if c.precision == "int8" else ["model.onnx"])
+    assert load_onnx(tmp_path / "any").precision == c.precision
+    if c.precision == "int8":
+        assert c.candidate.split("(")[1].rstrip(")") in " ".join(m.models["int8"].notes)
+
+    strict = export_student(student_dir, tmp_path / "strict", ["auto"], parity=sample, tolerances=loose, max_ndcg_drop=0.0)
+    chosen = next(r for r in strict.choice.candidates if r.name == strict.choice.candidate)
+    assert chosen.ndcg_drop <= 0.0 and all(not r.within_budget for r in strict.choice.candidates if r.ndcg_drop > 0)
+
+    # graphs that miss the int8 parity tolerance are not candidates, and the reason says so
+    none = export_student(student_dir, tmp_path / "none", ["auto"], parity=sample, max_ndcg_drop=1.0,
+                          tolerances={"int8": Tolerance(max_abs_diff=None, min_top10_agreement=1.01)})
+    assert none.choice.candidate == "fp32" and [r.name for r in none.choice.candidates] == ["fp32"]
+    assert "not candidates: int8 (dynamic)" in none.choice.reason and "int8" not in none.models
+    assert sorted(p.name for p in (tmp_path / "none").glob("*.onnx")) == ["model.onnx"]
+
+
+def test_cli_export_auto_reports_the_candidates_and_the_choice(student_dir, tmp_path):
+    import subprocess
+
+    res = subprocess.run([EXE, "export", str(student_dir), str(tmp_path / "onnx"), "--precision", "auto", "--max-ndcg-drop", "0.01",
+                          "--parity-sample", "32", "--threads", "1"], capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr
+    choice = OnnxManifest.load(tmp_path / "onnx").choice
+    assert f"auto: {choice.candidate} is the CPU default" in res.stdout and "candidate fp32:" in res.stdout
+    assert choice.max_ndcg_drop == 0.01 and choice.threads == 1 and choice.pairs == 32
+    bad = subprocess.run([EXE, "export", str(student_dir), str(tmp_path / "bad"), "--max-ndcg-drop", "-1"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert bad.returncode != 0 and "max-ndcg-drop" in bad.stderr
