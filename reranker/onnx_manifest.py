@@ -33,15 +33,21 @@ class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_abs_diff: float | None = Field(None, description="largest |ONNX score - PyTorch score| allowed")
     min_top10_agreement: float = Field(description="smallest mean overlap of each query's top 10 (0..1) allowed")
+    max_batch_diff: float | None = Field(None, description="largest |score alone - score in a batch| allowed (None: measured, "
+                                                            "and the stated bound is twice the measured figure)")
 
 
 #: fp32 must match PyTorch to rounding; fp16 closely; int8 is held to ranking agreement only
 #: (dynamic int8 quantisation moves raw scores by a few hundredths but should keep the order).
+#: An fp32 score must not depend on the other pairs of its batch beyond float rounding; fp16 and int8 (dynamic int8
+#: quantises activations per batch) are measured and their bound stated in the manifest instead of fixed in advance.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs_diff=1e-3, min_top10_agreement=0.95),
+    "fp32": Tolerance(max_abs_diff=1e-3, min_top10_agreement=0.95, max_batch_diff=1e-4),
     "fp16": Tolerance(max_abs_diff=0.05, min_top10_agreement=0.9),
     "int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.8),
 }
+#: the smallest stated batch bound (float rounding of the padded shapes)
+MIN_BATCH_BOUND = 1e-4
 
 
 class Parity(BaseModel):
@@ -54,8 +60,21 @@ class Parity(BaseModel):
     max_abs_diff: float
     mean_abs_diff: float
     top10_agreement: float = Field(description="mean over queries of |top10(onnx) & top10(torch)| / min(10, candidates)")
+    batch_max_abs_diff: float | None = Field(None, description="largest |score scored alone - score in the sample's batches| "
+                                                                "over the first pairs of the sample (see batch_pairs)")
+    batch_pairs: int | None = None
+    batch_bound: float | None = Field(None, description="the stated bound: a served score moves with the other pairs of its "
+                                                        "batch by at most this (see batch_bound())")
     tolerance: Tolerance
     passed: bool
+
+
+def batch_bound(measured: float | None, tolerance: Tolerance) -> float | None:
+    """How far a graph's scores may move with the other pairs of their batch: the tolerance when it has one, else
+    twice the figure measured on the parity sample (at least :data:`MIN_BATCH_BOUND`); ``None`` when not measured."""
+    if tolerance.max_batch_diff is not None:
+        return tolerance.max_batch_diff
+    return None if measured is None else max(2 * measured, MIN_BATCH_BOUND)
 
 
 class ModelFile(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reranker.errors import DataFormatError, RerankerError
-from reranker.onnx_manifest import Parity, Tolerance
+from reranker.onnx_manifest import Parity, Tolerance, batch_bound
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,12 @@ def _groups_file(path: Path, size: int) -> ParitySample:
     return ParitySample(pairs[:size], groups[:size], f"{path} (labelled groups, first {min(size, len(pairs))} pairs)")
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, sample: ParitySample, tolerance: Tolerance) -> Parity:
-    """Figures of ``candidate`` scores against ``reference`` ones, and whether they are within ``tolerance``."""
+def compare(reference: np.ndarray, candidate: np.ndarray, sample: ParitySample, tolerance: Tolerance,
+            alone: np.ndarray | None = None) -> Parity:
+    """Figures of ``candidate`` scores against ``reference`` ones, and whether they are within ``tolerance``.
+
+    ``alone``: the first ``len(alone)`` pairs scored one at a time by the same graph that scored ``candidate``
+    in batches: their largest difference is the graph's batch dependence."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
     if not np.isfinite(candidate).all():
         diff = float("inf")
@@ -153,10 +157,17 @@ def compare(reference: np.ndarray, candidate: np.ndarray, sample: ParitySample, 
         diff = float(np.max(np.abs(reference - candidate)))
         mean = float(np.mean(np.abs(reference - candidate)))
     agreement = top_k_agreement(reference, candidate, sample.groups, 10)
+    batch = None
+    if alone is not None and len(alone):
+        alone = np.asarray(alone, np.float64)
+        batch = float(np.max(np.abs(alone - candidate[: len(alone)]))) if np.isfinite(alone).all() else float("inf")
     ok = (tolerance.max_abs_diff is None or diff <= tolerance.max_abs_diff) and agreement >= tolerance.min_top10_agreement
     ok = ok and np.isfinite(candidate).all()
+    ok = ok and (batch is None or tolerance.max_batch_diff is None or batch <= tolerance.max_batch_diff)
     return Parity(pairs=len(sample.pairs), queries=sample.num_queries, sample=sample.source, max_abs_diff=diff,
-                  mean_abs_diff=mean, top10_agreement=agreement, tolerance=tolerance, passed=bool(ok))
+                  mean_abs_diff=mean, top10_agreement=agreement, batch_max_abs_diff=batch,
+                  batch_pairs=None if alone is None else len(alone), batch_bound=batch_bound(batch, tolerance),
+                  tolerance=tolerance, passed=bool(ok))
 
 
 def top_k_agreement(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int], k: int = 10) -> float:

@@ -302,3 +302,16 @@ def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
     manifest = OnnxManifest.load(tmp_path / "onnx")
     assert manifest.models["fp32"].parity.passed
     assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms"]
+
+
+def test_the_manifest_states_how_far_scores_move_with_their_batch(exported, kind, sample, tmp_path):
+    """Every graph is scored alone and batched at export: fp32 is held to rounding, dynamic int8 (activations quantised
+    per batch) really depends on its batch mates and its stated bound is twice what was measured."""
+    m = OnnxManifest.load(exported[kind][2])
+    fp32, int8 = m.models["fp32"].parity, m.models["int8"].parity
+    assert fp32.batch_pairs == min(32, len(sample.pairs)) and fp32.batch_max_abs_diff <= 1e-4 and fp32.batch_bound == 1e-4
+    assert int8.batch_max_abs_diff > 1e-4 and int8.batch_bound == pytest.approx(2 * int8.batch_max_abs_diff)
+    with pytest.raises(RerankerError, match=r"alone vs batched differ by .*\(tolerance <= 1e-05\)"):
+        export_student(exported[kind][1], tmp_path / "strict", ["fp32", "int8"], parity=sample,
+                       tolerances={"int8": Tolerance(min_top10_agreement=0.0, max_batch_diff=1e-5)})
+    assert not (tmp_path / "strict").exists()

@@ -192,3 +192,33 @@ def test_an_onnx_export_is_served(ce_folder, reference, tmp_path):
         int8 = ask(url, DOCS)
     np.testing.assert_allclose(int8, got, atol=0.05)  # the int8 graph, close to fp32 (RERANKER_PRECISION picks it)
     assert not np.array_equal(int8, got)
+
+
+def test_served_scores_move_with_their_batch_within_the_manifests_bound(ce_folder, tmp_path):
+    """A pair's served score does not depend on the other pairs of its batch by more than the bound the export
+    measured and wrote in the manifest (fp32: float rounding; dynamic int8: twice what it measured alone vs batched)."""
+    pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
+    from reranker.onnx_manifest import OnnxManifest
+    from student.export import export_student
+    from student.parity import load_parity_sample
+
+    sample = load_parity_sample(None, 8)  # one demo query with its BM25 top 8: the pairs the export measured
+    query, docs = sample.pairs[0][0], [d for _, d in sample.pairs]
+    onnx_dir = tmp_path / "onnx"
+    manifest = export_student(ce_folder, onnx_dir, ["fp32", "int8"], optimize=False, parity=sample)
+    assert OnnxManifest.load(onnx_dir).models["int8"].parity.batch_bound == manifest.models["int8"].parity.batch_bound
+
+    def ask(url: str, documents: list[str]) -> list[float]:
+        out = httpx.post(f"{url}/v2/rerank", json={"query": query, "documents": documents, "return_raw_scores": True}, timeout=60)
+        return [x["raw_score"] for x in sorted(out.json()["results"], key=lambda x: x["index"])]
+
+    for precision in ("fp32", "int8"):
+        parity = manifest.models[precision].parity
+        assert parity.batch_pairs == 8 and parity.batch_max_abs_diff is not None
+        assert parity.batch_bound == (1e-4 if precision == "fp32" else max(2 * parity.batch_max_abs_diff, 1e-4))
+        with running(create_app(str(onnx_dir), ServerSettings(precision=precision))) as url:
+            together = np.array(ask(url, docs))
+            alone = np.array([ask(url, [d])[0] for d in docs])
+            halves = np.array(ask(url, docs[:4]) + ask(url, docs[4:]))
+        assert np.abs(alone - together).max() <= parity.batch_bound, precision
+        assert np.abs(halves - together).max() <= parity.batch_bound, precision
