@@ -96,7 +96,9 @@ class PrecisionCandidate(BaseModel):
     precision: Precision
     int8_method: str | None = None
     pairs_per_second: float = Field(description="best of the timed passes over the sample, after a warm-up batch")
-    ndcg_drop: float = Field(description="nDCG@10 of the fp32 graph minus this graph's, on the calibration sample")
+    ndcg_drop: float = Field(description="what the budget is held to: fidelity_drop, or the larger of it and judged_drop")
+    fidelity_drop: float = Field(description="nDCG@10 with fp32's ranking as graded truth: fp32's (1 without ties) minus this graph's")
+    judged_drop: float | None = Field(None, description="fp32's nDCG@10 minus this graph's on the sample's judgements (None: none)")
     top10_agreement: float = Field(description="mean overlap of each query's top 10 with the fp32 graph's")
     bytes: int
     within_budget: bool

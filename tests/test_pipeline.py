@@ -225,7 +225,7 @@ def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path)
     shutil.copytree(runs["whole"] / "student" / "model", ctx.path("student", "model"))
     shutil.copyfile(runs["whole"] / "dev.jsonl", ctx.path("dev.jsonl"))
     choice = stage_export(ctx)["choice"]
-    assert "dev.jsonl (labelled groups" in choice["sample"] and "fp32's own ranking" in choice["measured_against"]
+    assert "dev.jsonl (labelled groups" in choice["sample"] and "no judgements" in choice["measured_against"]
     assert choice["max_ndcg_drop"] == 0.005 and len(choice["candidates"]) >= 1
     chosen = next(c for c in choice["candidates"] if c["name"] == choice["candidate"])
     assert chosen["within_budget"] and chosen["ndcg_drop"] <= 0.005

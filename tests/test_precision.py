@@ -19,7 +19,7 @@ from reranker.errors import DataFormatError, RerankerError
 from reranker.onnx_manifest import OnnxManifest, Tolerance
 from student.models import CrossEncoderStudent
 from student.parity import ParitySample, load_parity_sample
-from student.precision import Measured, choose, ndcg_at_10
+from student.precision import Measured, choose, fidelity_ndcg, judged_ndcg
 
 pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
 from reranker.onnx_runtime import load_onnx
@@ -43,22 +43,20 @@ def _measured(name, precision, scores, speed, size=100):
     return Measured(name, precision, None if precision == "fp32" else name.split("(")[1].rstrip(")"), scores, speed, size)
 
 
-def test_label_free_ndcg_is_fidelity_to_fp32_weighted_to_the_top():
+def test_fidelity_ndcg_is_agreement_with_fp32_weighted_to_the_top():
     sample = _sample()
-    assert ndcg_at_10(REFERENCE, sample, REFERENCE)[0] == pytest.approx(1.0)
-    top, what = ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)
-    tail = ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)[0]
-    assert "fp32's own ranking" in what
+    assert fidelity_ndcg(REFERENCE, sample, REFERENCE) == pytest.approx(1.0)
+    top = fidelity_ndcg(SWAPPED_TOP, sample, REFERENCE)
+    tail = fidelity_ndcg(SWAPPED_TAIL, sample, REFERENCE)
     assert top < tail < 1.0  # a swap at the top costs more than one at the tail
 
 
 def test_judged_ndcg_uses_the_labels_and_ignores_unjudged_swaps():
     labels = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # only group 0 has a relevant pair (its first)
     sample = _sample(labels)
-    ndcg, what = ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)
-    assert "judgements (1 judged queries)" in what
-    assert ndcg == pytest.approx(1.0)  # swapping two non-relevant pairs changes nothing
-    assert ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)[0] == pytest.approx(1 / np.log2(3))
+    assert judged_ndcg(SWAPPED_TAIL, sample) == (pytest.approx(1.0), 1)  # swapping two non-relevant pairs changes nothing
+    assert judged_ndcg(SWAPPED_TOP, sample)[0] == pytest.approx(1 / np.log2(3))
+    assert judged_ndcg(REFERENCE, _sample()) is None and judged_ndcg(REFERENCE, _sample([0] * 10)) is None
 
 
 def test_choice_is_the_fastest_within_the_budget_and_says_why():
@@ -66,17 +64,33 @@ def test_choice_is_the_fastest_within_the_budget_and_says_why():
     measured = [_measured("fp32", "fp32", REFERENCE, 10.0, 400),
                 _measured("int8 (dynamic)", "int8", SWAPPED_TOP, 30.0),
                 _measured("int8 (weight-only)", "int8", SWAPPED_TAIL, 15.0)]
-    tail_drop = 1 - ndcg_at_10(SWAPPED_TAIL, sample, REFERENCE)[0]
-    top_drop = 1 - ndcg_at_10(SWAPPED_TOP, sample, REFERENCE)[0]
+    tail_drop = 1 - fidelity_ndcg(SWAPPED_TAIL, sample, REFERENCE)
+    top_drop = 1 - fidelity_ndcg(SWAPPED_TOP, sample, REFERENCE)
     assert 0 < tail_drop < top_drop
     c = choose(measured, sample, max_ndcg_drop=(tail_drop + top_drop) / 2)
-    assert (c.candidate, c.precision) == ("int8 (weight-only)", "int8")
+    assert (c.candidate, c.precision) == ("int8 (weight-only)", "int8") and "fp32's own ranking" in c.measured_against
     assert "faster but over the budget: int8 (dynamic)" in c.reason
     by_name = {r.name: r for r in c.candidates}
     assert by_name["int8 (dynamic)"].ndcg_drop == pytest.approx(top_drop, abs=1e-6) and not by_name["int8 (dynamic)"].within_budget
-    assert by_name["fp32"].ndcg_drop == 0 and by_name["fp32"].top10_agreement == 1.0
+    assert by_name["fp32"].ndcg_drop == 0 and by_name["fp32"].top10_agreement == 1.0 and by_name["fp32"].judged_drop is None
     assert choose(measured, sample, max_ndcg_drop=1.0).candidate == "int8 (dynamic)"
     assert choose(measured, sample, max_ndcg_drop=0.0).candidate == "fp32"  # always a choice: fp32 is within any budget
+
+
+def test_with_judgements_the_larger_drop_is_held_to_the_budget():
+    """A judged gain on a few calibration queries does not hide a ranking that departs from fp32's, and a judged loss
+    counts even where fidelity is high."""
+    labels = [0, 1, 0, 0, 0, 0, 0, 0, 1, 0]  # group 0: its second pair is relevant; group 1: its fourth
+    sample = _sample(labels)
+    lucky = np.array([4.0, 5, 3, 2, 1, 5, 4, 3, 2, 1])  # the relevant pair moves up: judged gain, fidelity loss
+    measured = [_measured("fp32", "fp32", REFERENCE, 10.0), _measured("int8 (dynamic)", "int8", lucky, 30.0)]
+    c = choose(measured, sample, max_ndcg_drop=0.005)
+    row = c.candidates[1]
+    assert row.judged_drop < 0 < row.fidelity_drop == row.ndcg_drop and not row.within_budget
+    assert c.candidate == "fp32" and "judged queries" in c.measured_against
+    unlucky = np.array([5.0, 4, 3, 2, 1, 5, 4, 3, 1, 2])  # a tail swap that moves group 1's relevant pair down
+    row = choose([measured[0], _measured("int8 (dynamic)", "int8", unlucky, 30.0)], sample).candidates[1]
+    assert row.judged_drop > row.fidelity_drop > 0 and row.ndcg_drop == row.judged_drop
 
 
 def test_parity_samples_carry_judgements_where_there_are_any(tmp_path):
@@ -116,7 +130,7 @@ def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_di
     m = export_student(student_dir, tmp_path / "any", ["auto"], parity=sample, tolerances=loose, max_ndcg_drop=1.0, threads=1)
     c = m.choice
     assert {r.name for r in c.candidates} == {"fp32", "int8 (dynamic)", "int8 (weight-only)"}
-    assert c.threads == 1 and c.pairs == len(sample.pairs) and "judgements" in c.measured_against
+    assert c.threads == 1 and c.pairs == len(sample.pairs) and "judged queries" in c.measured_against
     fastest = max(c.candidates, key=lambda r: r.pairs_per_second)
     assert c.candidate == fastest.name  # a budget of 1.0 lets every graph in
     assert OnnxManifest.load(tmp_path / "any").choice == c  # written to the manifest
