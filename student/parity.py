@@ -104,21 +104,31 @@ def _first_row_has(path: Path, *keys: str) -> bool:
     return isinstance(row, dict) and all(k in row for k in keys)
 
 
-def _pairs_file(path: Path, size: int) -> ParitySample:
-    pairs, keys, labels = [], [], []
+def _rows(path: Path, expected: str, read):
+    """``(line number, read(row))`` for each JSON line of ``path``; a malformed line is a DataFormatError naming it."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                pairs.append((str(row["query"]), str(row["document"])))
-                labels.append(None if row.get("label") is None else int(row["label"]))
+                yield n, read(json.loads(line))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise DataFormatError(path, n, f"expected a JSON object with 'query', 'document' and an optional integer 'label' ({exc})") from None
-            keys.append(str(row.get("qid", row["query"])))
-            if len(pairs) >= size:
-                break
+                raise DataFormatError(path, n, f"expected {expected} ({exc})") from None
+
+
+def _pairs_file(path: Path, size: int) -> ParitySample:
+    pairs, keys, labels = [], [], []
+
+    def read(row: dict) -> tuple:
+        return (str(row["query"]), str(row["document"])), str(row.get("qid", row["query"])), (
+            None if row.get("label") is None else int(row["label"]))
+
+    for _, (pair, key, label) in _rows(path, "a JSON object with 'query', 'document' and an optional integer 'label'", read):
+        pairs.append(pair)
+        keys.append(key)
+        labels.append(label)
+        if len(pairs) >= size:
+            break
     ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     graded = all(label is not None for label in labels)
     return ParitySample(pairs, [ids[k] for k in keys], f"{path} (first {len(pairs)} pairs)", labels if graded else None)
@@ -127,19 +137,12 @@ def _pairs_file(path: Path, size: int) -> ParitySample:
 def _groups_file(path: Path, size: int) -> ParitySample:
     """Pairs of labelled groups (``reranker label --export``), group by group, until ``size`` pairs."""
     pairs, groups = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                group = [(str(row["query"]), str(c["text"])) for c in row["candidates"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataFormatError(path, n, f"expected a labelled group with 'query' and 'candidates' holding 'text' ({exc})") from None
-            pairs += group
-            groups += [n] * len(group)
-            if len(pairs) >= size:
-                break
+    read = lambda row: [(str(row["query"]), str(c["text"])) for c in row["candidates"]]
+    for n, group in _rows(path, "a labelled group with 'query' and 'candidates' holding 'text'", read):
+        pairs += group
+        groups += [n] * len(group)
+        if len(pairs) >= size:
+            break
     return ParitySample(pairs[:size], groups[:size], f"{path} (labelled groups, first {min(size, len(pairs))} pairs)")
 
 
