@@ -87,11 +87,12 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
                    optimize: bool = True, opset: int = DEFAULT_OPSET, parity: ParitySample | None = None,
                    parity_sample: int = 128, tolerances: dict[str, Tolerance] | None = None,
                    triton_dir: str | Path | None = None, int8_method: str = "dynamic",
-                   max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None) -> OnnxManifest:
+                   max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None, timing_passes: int = 2) -> OnnxManifest:
     """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there.
 
     ``precisions`` with ``auto``: both int8 methods are built and, with fp32, timed and ranked on the parity
-    sample (``threads``: ONNX Runtime's intra-op threads for that); the fastest graph within ``max_ndcg_drop``
+    sample (``threads``: ONNX Runtime's intra-op threads; ``timing_passes`` timed passes after the parity check's, best
+    kept); the fastest graph within ``max_ndcg_drop``
     nDCG@10 of fp32 is the CPU default (the manifest's ``choice``), an int8 one is kept as the int8 model.
     """
     from .models import load_student
@@ -126,6 +127,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         models: dict[str, ModelFile] = {}
         draft = _manifest(student, inputs, template, opset, models, model_dir)
 
+        loaded: dict[str, Any] = {}
+
         def check(precision: str, path: Path, optimized: bool, notes: list[str]) -> ModelFile:
             final = work / MODEL_FILES[precision]
             if path != final:
@@ -136,7 +139,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
             draft.save(work)
             from reranker.onnx_runtime import load_onnx
 
-            scorer = load_onnx(work, providers=["cpu"], precision=precision)
+            scorer = load_onnx(work, providers=["cpu"], precision=precision, intra_op_threads=threads)
+            loaded[precision] = scorer  # warmed up by this pass: --precision auto times it next
             scores = scorer.score(sample.pairs)
             alone = np.array([scorer.score([pair])[0] for pair in sample.pairs[:BATCH_PROBE_PAIRS]])
             entry.parity = compare(reference, scores, sample, tolerances[precision], alone)
@@ -165,8 +169,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         models["fp32"] = fp32
         base = work / fp32.file
         if AUTO in precisions:
-            draft.choice, chosen = _auto_precision(student, raw, base, fp32.optimized, work, check, sample, optimize,
-                                                   max_ndcg_drop, threads)
+            draft.choice, chosen = _auto_precision(student, raw, base, fp32.optimized, work, check, loaded, sample, optimize,
+                                                   max_ndcg_drop, threads, timing_passes)
             if chosen is not None:
                 models["int8"] = chosen
         elif "int8" in precisions and int8_method == "weight-only":
@@ -201,11 +205,11 @@ def _int8_notes(method: str) -> list[str]:
     return ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]
 
 
-def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, sample: ParitySample,
-                    optimize: bool, max_ndcg_drop: float, threads: int | None) -> tuple[PrecisionChoice, ModelFile | None]:
+def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, loaded: dict, sample: ParitySample,
+                    optimize: bool, max_ndcg_drop: float, threads: int | None, passes: int) -> tuple[PrecisionChoice, ModelFile | None]:
     """Build both int8 graphs, measure them and fp32 on ``sample`` (:mod:`student.precision`); returns the choice
     and the int8 entry to keep (moved to the int8 file name), or ``None`` when fp32 won."""
-    measured = [measure(work, "fp32", sample, "fp32", threads=threads)]
+    measured = [measure(loaded["fp32"], sample, "fp32", passes=passes)]
     built: dict[str, tuple[ModelFile, Path]] = {}
     excluded = []
     for method in INT8_METHODS:
@@ -216,11 +220,12 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
             path, fused = _quantize(base, work / "int8.tmp.onnx"), base_fused
         entry = check("int8", path, fused, _int8_notes(method))
         if entry.parity.passed:
-            measured.append(measure(work, "int8", sample, name, method, threads=threads))
+            measured.append(measure(loaded["int8"], sample, name, method, passes=passes))
         else:
             excluded.append(f"{name} (top-10 agreement with PyTorch {entry.parity.top10_agreement:.3f}, "
                             f"below the int8 parity tolerance {entry.parity.tolerance.min_top10_agreement:g})")
             log.warning("%s missed the int8 parity tolerance; not a candidate", name)
+        loaded.pop("int8", None)  # its session holds the file open
         keep = work / f".candidate-int8-{method}.onnx"
         shutil.move(work / MODEL_FILES["int8"], keep)
         built[name] = (entry, keep)

@@ -14,7 +14,7 @@ judgements (the demo corpus, a data set with qrels, a pairs file with ``label``)
 them is measured too and the larger of the two is held to the budget: a judged nDCG@10 on a
 few calibration queries is noisy in both directions, and a lucky gain must not hide a ranking
 that departs from fp32's. fp32 is always within the budget, so
-there is always a choice. Speed is the best of ``passes`` timed passes after a warm-up batch.
+there is always a choice. Speed is the best of ``passes`` timed passes after the parity check's own pass.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -48,21 +47,18 @@ class Measured:
     bytes: int
 
 
-def measure(folder: Path, precision: str, sample: ParitySample, name: str, int8_method: str | None = None,
-            threads: int | None = None, passes: int = 2, batch_size: int = 32) -> Measured:
-    """Score ``sample`` with the ``precision`` graph of the export in ``folder`` (CPU) and time it."""
-    from reranker.onnx_runtime import load_onnx
-
-    scorer = load_onnx(folder, providers=["cpu"], precision=precision, intra_op_threads=threads)
-    scorer.score(sample.pairs[:batch_size], batch_size=batch_size)  # warm-up: first-run allocations and kernels
+def measure(scorer, sample: ParitySample, name: str, int8_method: str | None = None, passes: int = 1,
+            batch_size: int = 32) -> Measured:
+    """Time ``scorer`` (an :class:`~reranker.onnx_runtime.OnnxScorer` that has already scored the sample once, the
+    parity check: its warm-up) over ``sample``: the best of ``passes`` timed passes, and the scores of the last."""
     best, scores = float("inf"), None
     for _ in range(max(1, passes)):
         start = time.perf_counter()
         scores = scorer.score(sample.pairs, batch_size=batch_size)
         best = min(best, time.perf_counter() - start)
-    size = (folder / scorer.manifest.models[precision].file).stat().st_size
+    size = (scorer.folder / scorer.manifest.models[scorer.precision].file).stat().st_size
     log.info("%s: %.1f pairs/s on %d pairs", name, len(sample.pairs) / best, len(sample.pairs))
-    return Measured(name, precision, int8_method, np.asarray(scores, np.float64), len(sample.pairs) / best, size)
+    return Measured(name, scorer.precision, int8_method, np.asarray(scores, np.float64), len(sample.pairs) / best, size)
 
 
 def fidelity_ndcg(scores: np.ndarray, sample: ParitySample, reference: np.ndarray) -> float:
