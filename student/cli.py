@@ -69,8 +69,9 @@ def export(
     parity_data: Annotated[str | None, typer.Option(help="Parity pairs: a JSONL of {query, document} or a data-set spec (default: the embedded demo corpus).")] = None,
     triton: Annotated[Path | None, typer.Option(help="Also write a Triton Inference Server model repository here.")] = None,
     int8_method: Annotated[str, typer.Option(help="dynamic: int8 weights and per-batch int8 activations (fastest on CPU); "
-                                             "weight-only: int8 weights, fp32 activations (closest scores, quarter size, about fp32 speed).")] = "dynamic",
-    max_ndcg_drop: Annotated[float, typer.Option(min=0.0, help="--precision auto: the most nDCG@10 below fp32 (on the parity pairs) a faster graph may lose.")] = 0.005,
+                                             "weight-only: int8 weights, fp32 activations (closest scores, quarter size, about fp32 speed); "
+                                             "mixed: dynamic with the nodes it hurts most kept in fp32, as few as keep --max-ndcg-drop.")] = "dynamic",
+    max_ndcg_drop: Annotated[float, typer.Option(min=0.0, help="--precision auto and --int8-method mixed: the most nDCG@10 below fp32 (on the parity pairs) a faster graph may lose.")] = 0.005,
     threads: Annotated[int | None, typer.Option(min=1, help="--precision auto: ONNX Runtime threads for the timing (default: all cores), as the server will run.")] = None,
 ):
     """Export a student to ONNX (optimised fp32, int8 for CPUs, fp16 for GPUs), checked against PyTorch."""

@@ -6,18 +6,22 @@
    graph from token ids to an fp32 score. Attention runs in its eager implementation for export.
 2. **Optimise**: ONNX Runtime's transformer optimiser (``model_type`` bert or t5); if it fails or
    its graph misses the parity tolerance, the plain graph is kept and the manifest says why.
-3. **int8**, one of two methods (``int8_method``):
+3. **int8**, one of three methods (``int8_method``):
    ``dynamic`` (default): ``quantize_dynamic``, int8 weights per output channel and activations
    quantised per batch and tensor at run time: the fastest on CPUs (VNNI/AVX2 integer kernels),
    but per-tensor activation scales move scores by about a tenth of their spread;
    ``weight-only``: int8 weights in blocks of 128 (``MatMulNBits``, 8 bits, symmetric) and int8
    embeddings, activations in fp32: scores within a few hundredths and a quarter of the size,
    at about fp32's speed (for memory, not for speed). The optimiser runs with multi-head
-   attention fusion so that the Q/K/V projections stay MatMuls that can be quantised.
+   attention fusion so that the Q/K/V projections stay MatMuls that can be quantised;
+   ``mixed``: dynamic int8 with the nodes it hurts most (lowest per-node SQNR on calibration
+   pairs, :mod:`student.quantize`) kept in fp32, as few as bring the nDCG@10 drop on the parity
+   sample within ``max_ndcg_drop`` (2, 4, 8, then 16 nodes).
 4. **fp16** (cross-encoders; T5 overflows in fp16): weights and activations in fp16 for GPUs;
    inputs, output and the classification head stay fp32, so the score is computed in fp32.
-5. **auto** (``--precision auto``): both int8 methods are built and, with fp32, timed and ranked on the
-   parity sample; the fastest within ``max_ndcg_drop`` nDCG@10 of fp32 becomes the CPU default
+5. **auto** (``--precision auto``): dynamic and weight-only int8 are built (and mixed, when dynamic
+   misses the budget) and, with fp32, timed and ranked on the parity sample; the fastest within
+   ``max_ndcg_drop`` nDCG@10 of fp32 becomes the CPU default
    (:mod:`student.precision`; the manifest's ``choice`` says which and why).
 6. **Parity**: every precision is scored by the ONNX Runtime scorer (:mod:`reranker.onnx_runtime`,
    CPU) on a sample of real pairs and compared with the PyTorch student; beyond the tolerance
@@ -56,14 +60,15 @@ from reranker.scoring import ONNX_MANIFEST
 
 from .formatting import template_path
 from .parity import ParitySample, compare, load_parity_sample
-from .precision import DEFAULT_MAX_NDCG_DROP, choose, measure
+from .precision import DEFAULT_MAX_NDCG_DROP, choose, measure, ndcg_drop
+from .quantize import LADDER, quantize_mixed, quantize_weight_only, search_mixed, to_fp16
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 #: the graph inputs in the order of the students' forward() (token ids and masks, then the hybrid head's term ids)
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms")
-INT8_METHODS = ("dynamic", "weight-only")
+INT8_METHODS = ("dynamic", "weight-only", "mixed")
 #: the precision name that measures the candidate graphs and keeps the fastest within the nDCG budget (student.precision)
 AUTO = "auto"
 WEIGHT_ONLY_BLOCK = 128
@@ -128,6 +133,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         draft = _manifest(student, inputs, template, opset, models, model_dir)
 
         loaded: dict[str, Any] = {}
+        scored: dict[str, np.ndarray] = {}
 
         def check(precision: str, path: Path, optimized: bool, notes: list[str]) -> ModelFile:
             final = work / MODEL_FILES[precision]
@@ -141,7 +147,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
 
             scorer = load_onnx(work, providers=["cpu"], precision=precision, intra_op_threads=threads)
             loaded[precision] = scorer  # warmed up by this pass: --precision auto times it next
-            scores = scorer.score(sample.pairs)
+            scores = scored[precision] = np.asarray(scorer.score(sample.pairs), np.float64)
             alone = np.array([scorer.score([pair])[0] for pair in sample.pairs[:BATCH_PROBE_PAIRS]])
             entry.parity = compare(reference, scores, sample, tolerances[precision], alone)
             p = entry.parity
@@ -169,19 +175,22 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         models["fp32"] = fp32
         base = work / fp32.file
         if AUTO in precisions:
-            draft.choice, chosen = _auto_precision(student, raw, base, fp32.optimized, work, check, loaded, sample, optimize,
+            draft.choice, chosen = _auto_precision(student, raw, base, fp32.optimized, work, check, loaded, scored, sample, optimize,
                                                    max_ndcg_drop, threads, timing_passes)
             if chosen is not None:
                 models["int8"] = chosen
+        elif "int8" in precisions and int8_method == "mixed":
+            models["int8"] = _fail_unless(search_mixed(base, fp32.optimized, work, check, loaded, scored, sample, max_ndcg_drop, (0, *LADDER)),
+                                          "int8")
         elif "int8" in precisions and int8_method == "weight-only":
             quantized, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
             models["int8"] = _fail_unless(check("int8", quantized, fused, _int8_notes("weight-only")), "int8")
         elif "int8" in precisions:
-            models["int8"] = _fail_unless(check("int8", _quantize(base, work / "int8.tmp.onnx"), fp32.optimized,
+            models["int8"] = _fail_unless(check("int8", quantize_mixed(base, work / "int8.tmp.onnx", []), fp32.optimized,
                                                 _int8_notes("dynamic")), "int8")
         raw.unlink()
         if "fp16" in precisions:
-            models["fp16"] = _fail_unless(check("fp16", _to_fp16(base, work / "fp16.tmp.onnx"), fp32.optimized,
+            models["fp16"] = _fail_unless(check("fp16", to_fp16(base, work / "fp16.tmp.onnx"), fp32.optimized,
                                                 ["fp16 weights and activations (GPU); inputs, head and score in fp32"]), "fp16")
         draft.models = models
         draft.save(work)
@@ -205,22 +214,27 @@ def _int8_notes(method: str) -> list[str]:
     return ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]
 
 
-def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, loaded: dict, sample: ParitySample,
-                    optimize: bool, max_ndcg_drop: float, threads: int | None, passes: int) -> tuple[PrecisionChoice, ModelFile | None]:
+def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, loaded: dict, scored: dict,
+                    sample: ParitySample, optimize: bool, max_ndcg_drop: float, threads: int | None, passes: int) -> tuple[PrecisionChoice, ModelFile | None]:
     """Build both int8 graphs, measure them and fp32 on ``sample`` (:mod:`student.precision`); returns the choice
     and the int8 entry to keep (moved to the int8 file name), or ``None`` when fp32 won."""
     measured = [measure(loaded["fp32"], sample, "fp32", passes=passes)]
     built: dict[str, tuple[ModelFile, Path]] = {}
     excluded = []
-    for method in INT8_METHODS:
+    methods = ["dynamic", "weight-only"]
+    for method in methods:
         name = f"int8 ({method})"
         if method == "weight-only":
             path, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
+            entry = check("int8", path, fused, _int8_notes(method))
+        elif method == "mixed":
+            entry = search_mixed(base, base_fused, work, check, loaded, scored, sample, max_ndcg_drop, LADDER)
         else:
-            path, fused = _quantize(base, work / "int8.tmp.onnx"), base_fused
-        entry = check("int8", path, fused, _int8_notes(method))
+            entry = check("int8", quantize_mixed(base, work / "int8.tmp.onnx", []), base_fused, _int8_notes(method))
         if entry.parity.passed:
             measured.append(measure(loaded["int8"], sample, name, method, passes=passes))
+            if method == "dynamic" and ndcg_drop(measured[-1].scores, sample, measured[0].scores)[0] > max_ndcg_drop:
+                methods.append("mixed")  # the most sensitive nodes in fp32, only where plain dynamic misses the budget
         else:
             excluded.append(f"{name} (top-10 agreement with PyTorch {entry.parity.top10_agreement:.3f}, "
                             f"below the int8 parity tolerance {entry.parity.tolerance.min_top10_agreement:g})")
@@ -325,71 +339,22 @@ def _optimize(student: Any, src: Path, dst: Path, weight_only: bool = False) -> 
     return dst
 
 
-def _quantize(src: Path, dst: Path) -> Path:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" advice printed on every call
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return dst
-
-
 def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) -> tuple[Path, bool]:
     """int8 weights, fp32 activations: MatMulNBits for every MatMul with constant weights, int8 Gather for embeddings.
 
     Returns the file and whether the optimiser's fusions are in it."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-    except ImportError as exc:  # it needs onnx_ir (the cpu/gpu extras install it)
-        raise MissingDependencyError("reranker export --int8-method weight-only", "cpu", exc) from exc
     model, fused = onnx.load(str(raw)), False
     if optimize:
         try:
             model, fused = onnx.load(str(_optimize(student, raw, dst.with_suffix(".fused.onnx"), weight_only=True))), True
         except Exception as exc:  # noqa: BLE001 (pattern matchers raise anything)
             log.warning("optimiser failed for weight-only int8 (%s); quantising the plain graph", exc)
-    logging.getLogger("root").setLevel(logging.ERROR)
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    kinds = dict(op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
-    cfg = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8, **kinds)
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, algo_config=cfg, **kinds)
-    quantizer.process()
-    blocked = dst.with_suffix(".blocked.onnx")
-    quantizer.model.save_model_to_file(str(blocked), use_external_data_format=False)
-    quantize_dynamic(str(blocked), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    for leftover in (blocked, dst.with_suffix(".fused.onnx")):
-        leftover.unlink(missing_ok=True)
+    quantize_weight_only(model, dst, WEIGHT_ONLY_BLOCK)
+    dst.with_suffix(".fused.onnx").unlink(missing_ok=True)
     return dst, fused
 
-
-def _to_fp16(src: Path, dst: Path) -> Path:
-    import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(onnx.load(str(src)))
-    # symbolic shape inference types every tensor, so Casts are put in front of the fp32 head
-    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, node_block_list=_head_nodes(model.model))
-    model.save_model_to_file(str(dst))
-    return dst
-
-
-def _head_nodes(model: Any) -> list[str]:
-    """Names of the nodes from the graph's output back to the last MatMul/Gemm (the classifier), which stay fp32."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    initializers = {i.name for i in model.graph.initializer}
-    keep, frontier = [], [o.name for o in model.graph.output]
-    while frontier:
-        node = producers.get(frontier.pop())
-        if node is None or node.name in keep:
-            continue
-        keep.append(node.name)
-        if node.op_type not in ("MatMul", "Gemm"):
-            frontier += [i for i in node.input if i and i not in initializers]
-    return keep
 
 
 def _manifest(student: Any, inputs: list[str], template: str | None, opset: int, models: dict, source: str | Path) -> OnnxManifest:

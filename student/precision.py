@@ -96,6 +96,15 @@ def _ndcg(qrels: Qrels, scores: np.ndarray, sample: ParitySample) -> float:
     return evaluate(qrels, run, ["ndcg@10"])["candidate"]["ndcg@10"]
 
 
+def ndcg_drop(scores: np.ndarray, sample: ParitySample, reference: np.ndarray) -> tuple[float, float, float | None]:
+    """The drop held to the budget, and its parts: (max of the two, the drop against fp32's own ranking, the drop on
+    the sample's judgements or ``None``); ``reference``: fp32's scores."""
+    fidelity = fidelity_ndcg(reference, sample, reference) - fidelity_ndcg(scores, sample, reference)  # base: 1 but for ties
+    judged_base = judged_ndcg(reference, sample)
+    judged = None if judged_base is None else judged_base[0] - judged_ndcg(scores, sample)[0]
+    return (fidelity if judged is None else max(fidelity, judged)), fidelity, judged
+
+
 def choose(measured: list[Measured], sample: ParitySample, max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP,
            threads: int | None = None, excluded: list[str] | None = None) -> PrecisionChoice:
     """The fastest of ``measured`` (fp32 among them) within ``max_ndcg_drop`` of fp32's nDCG@10; ties go to the smaller file.
@@ -103,12 +112,9 @@ def choose(measured: list[Measured], sample: ParitySample, max_ndcg_drop: float 
     ``excluded``: graphs that were built but not measured (why, in words), for the reason."""
     reference = next(m for m in measured if m.precision == "fp32")
     judged_base = judged_ndcg(reference.scores, sample)
-    fidelity_base = fidelity_ndcg(reference.scores, sample, reference.scores)  # 1, less where fp32 itself has ties
     rows = []
     for m in measured:
-        fidelity = fidelity_base - fidelity_ndcg(m.scores, sample, reference.scores)
-        judged = None if judged_base is None else judged_base[0] - judged_ndcg(m.scores, sample)[0]
-        drop = fidelity if judged is None else max(fidelity, judged)
+        drop, fidelity, judged = ndcg_drop(m.scores, sample, reference.scores)
         rows.append(PrecisionCandidate(
             name=m.name, precision=m.precision, int8_method=m.int8_method, pairs_per_second=round(m.pairs_per_second, 2),
             ndcg_drop=round(drop, 6), fidelity_drop=round(fidelity, 6), judged_drop=None if judged is None else round(judged, 6),

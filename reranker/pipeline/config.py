@@ -75,8 +75,9 @@ class ExportSection(Section):
     serve: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto", description="The precision that evaluation and `serve` use; auto: the export's own default (its auto choice on CPU).")
     max_ndcg_drop: float = Field(0.005, ge=0, description="precisions auto: the most nDCG@10 below fp32 a faster graph may lose.")
-    int8_method: Literal["dynamic", "weight-only"] = Field(
-        "dynamic", description="dynamic: int8 weights and activations (fastest on CPU); weight-only: int8 weights, fp32 activations.")
+    int8_method: Literal["dynamic", "weight-only", "mixed"] = Field(
+        "dynamic", description="dynamic: int8 weights and activations (fastest on CPU); weight-only: int8 weights, fp32 activations; "
+                               "mixed: dynamic with its most sensitive nodes in fp32, as few as keep max_ndcg_drop.")
 
 
 class CascadeSection(Section):
