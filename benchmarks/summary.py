@@ -31,15 +31,17 @@ def quality_rows() -> list[tuple[str, str, float]]:
     if curve:
         points = list(curve["points"].values())
         last = max((p["step"] for p in points if p["row"] == "recipe"), default=None)
-        finals = [p["ndcg@10"] for p in points if p["row"] == "recipe" and p["step"] == last]
+        deep = lambda p: p.get("top_k", 100) == 100  # ablation rows re-rank the top 20: their own comparison
+        finals = [p["ndcg@10"] for p in points if p["row"] == "recipe" and p["step"] == last and deep(p)]
         if len(finals) > 1:  # the recipe's final point over its seeds: one row, mean (sd)
             rows.append(("SciFact (300 q)", f"student-ce recipe (step {last}, mean of {len(finals)} seeds, sd "
                          f"{statistics.stdev(finals):.4f}; student_curve.md)", statistics.mean(finals)))
         for point in sorted(points, key=lambda p: (p["row"] != "recipe", p["row"], p["seed"], p["step"])):
-            if len(finals) > 1 and point["row"] == "recipe" and point["step"] == last:
+            if len(finals) > 1 and point["row"] == "recipe" and point["step"] == last and deep(point):
                 continue
             what = "recipe" if point["row"] == "recipe" else f"ablation {point['row']}"
-            rows.append(("SciFact (300 q)", f"student-ce {what} (seed {point['seed']}, step {point['step']}; student_curve.md)",
+            depth = "" if deep(point) else f", re-ranking the top {point['top_k']}"
+            rows.append(("SciFact (300 q)", f"student-ce {what} (seed {point['seed']}, step {point['step']}{depth}; student_curve.md)",
                          point["ndcg@10"]))
     corpora = load("pipeline_corpora")
     for name, entry in ((corpora or {}).get("corpora") or {}).items():
