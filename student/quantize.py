@@ -111,7 +111,8 @@ def node_sensitivity(fp32_path: str | Path, feeds: dict[str, np.ndarray]) -> lis
 
 
 def quantize_mixed(src: str | Path, dst: str | Path, keep_fp32: list[str]) -> Path:
-    """Dynamic int8 (per-channel weights, as :func:`student.export._quantize`) of every node but ``keep_fp32``."""
+    """Dynamic int8 (int8 weights per output channel, activations per batch) of every node but ``keep_fp32``: with none
+    kept, the export's ``dynamic`` method."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
