@@ -60,7 +60,7 @@ from reranker.scoring import ONNX_MANIFEST
 
 from .formatting import template_path
 from .parity import ParitySample, compare, load_parity_sample
-from .precision import DEFAULT_MAX_NDCG_DROP, choose, measure, ndcg_drop
+from .precision import DEFAULT_MAX_NDCG_DROP, Measured, choose, measure, ndcg_drop
 from .quantize import LADDER, quantize_mixed, quantize_weight_only, search_mixed, to_fp16
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
                     sample: ParitySample, optimize: bool, max_ndcg_drop: float, threads: int | None, passes: int) -> tuple[PrecisionChoice, ModelFile | None]:
     """Build both int8 graphs, measure them and fp32 on ``sample`` (:mod:`student.precision`); returns the choice
     and the int8 entry to keep (moved to the int8 file name), or ``None`` when fp32 won."""
-    measured = [measure(loaded["fp32"], sample, "fp32", passes=passes)]
+    fp32 = loaded["fp32"]
+    timed = [(Measured("fp32", "fp32", None, scored["fp32"], 0.0, _bytes(fp32)), fp32)]
     built: dict[str, tuple[ModelFile, Path]] = {}
     excluded = []
     methods = ["dynamic", "weight-only"]
@@ -232,18 +233,18 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
         else:
             entry = check("int8", quantize_mixed(base, work / "int8.tmp.onnx", []), base_fused, _int8_notes(method))
         if entry.parity.passed:
-            measured.append(measure(loaded["int8"], sample, name, method, passes=passes))
-            if method == "dynamic" and ndcg_drop(measured[-1].scores, sample, measured[0].scores)[0] > max_ndcg_drop:
+            timed.append((Measured(name, "int8", method, scored["int8"], 0.0, entry.bytes), loaded["int8"]))
+            if method == "dynamic" and ndcg_drop(scored["int8"], sample, scored["fp32"])[0] > max_ndcg_drop:
                 methods.append("mixed")  # the most sensitive nodes in fp32, only where plain dynamic misses the budget
         else:
             excluded.append(f"{name} (top-10 agreement with PyTorch {entry.parity.top10_agreement:.3f}, "
                             f"below the int8 parity tolerance {entry.parity.tolerance.min_top10_agreement:g})")
             log.warning("%s missed the int8 parity tolerance; not a candidate", name)
-        loaded.pop("int8", None)  # its session holds the file open
+        loaded.pop("int8", None)  # kept in `timed` (its session holds the graph in memory) for the timing rounds
         keep = work / f".candidate-int8-{method}.onnx"
         shutil.move(work / MODEL_FILES["int8"], keep)
         built[name] = (entry, keep)
-    choice = choose(measured, sample, max_ndcg_drop, threads, excluded)
+    choice = choose(measure(timed, sample, passes), sample, max_ndcg_drop, threads, excluded)
     chosen = None
     for name, (entry, path) in built.items():
         if name == choice.candidate:
@@ -253,6 +254,10 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
         else:
             path.unlink()
     return choice, chosen
+
+
+def _bytes(scorer: Any) -> int:
+    return (scorer.folder / scorer.manifest.models[scorer.precision].file).stat().st_size
 
 
 def _fail_unless(entry: ModelFile, precision: str) -> ModelFile:

@@ -14,7 +14,8 @@ judgements (the demo corpus, a data set with qrels, a pairs file with ``label``)
 them is measured too and the larger of the two is held to the budget: a judged nDCG@10 on a
 few calibration queries is noisy in both directions, and a lucky gain must not hide a ranking
 that departs from fp32's. fp32 is always within the budget, so
-there is always a choice. Speed is the best of ``passes`` timed passes after the parity check's own pass.
+there is always a choice. Speed is the best of ``passes`` timed rounds after the parity check's own pass, the
+candidates taken in turn within each round.
 """
 
 from __future__ import annotations
@@ -47,18 +48,21 @@ class Measured:
     bytes: int
 
 
-def measure(scorer, sample: ParitySample, name: str, int8_method: str | None = None, passes: int = 1,
-            batch_size: int = 32) -> Measured:
-    """Time ``scorer`` (an :class:`~reranker.onnx_runtime.OnnxScorer` that has already scored the sample once, the
-    parity check: its warm-up) over ``sample``: the best of ``passes`` timed passes, and the scores of the last."""
-    best, scores = float("inf"), None
+def measure(candidates: list[tuple[Measured, object]], sample: ParitySample, passes: int = 2, batch_size: int = 32) -> list[Measured]:
+    """Time each candidate's scorer (an :class:`~reranker.onnx_runtime.OnnxScorer` that has already scored the sample
+    once, the parity check: its warm-up) over ``sample``, ``passes`` rounds that take the candidates in turn (so a change
+    in the machine's load falls on all of them alike, not on whichever came last); each keeps its best round.
+    ``candidates``: (the candidate with its parity scores and size, its scorer); returns them with pairs/s filled in."""
+    best = [float("inf")] * len(candidates)
     for _ in range(max(1, passes)):
-        start = time.perf_counter()
-        scores = scorer.score(sample.pairs, batch_size=batch_size)
-        best = min(best, time.perf_counter() - start)
-    size = (scorer.folder / scorer.manifest.models[scorer.precision].file).stat().st_size
-    log.info("%s: %.1f pairs/s on %d pairs", name, len(sample.pairs) / best, len(sample.pairs))
-    return Measured(name, scorer.precision, int8_method, np.asarray(scores, np.float64), len(sample.pairs) / best, size)
+        for i, (_, scorer) in enumerate(candidates):
+            start = time.perf_counter()
+            scorer.score(sample.pairs, batch_size=batch_size)
+            best[i] = min(best[i], time.perf_counter() - start)
+    for (m, _), seconds in zip(candidates, best):
+        m.pairs_per_second = len(sample.pairs) / seconds
+        log.info("%s: %.1f pairs/s on %d pairs", m.name, m.pairs_per_second, len(sample.pairs))
+    return [m for m, _ in candidates]
 
 
 def fidelity_ndcg(scores: np.ndarray, sample: ParitySample, reference: np.ndarray) -> float:

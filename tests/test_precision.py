@@ -164,3 +164,27 @@ def test_cli_export_auto_reports_the_candidates_and_the_choice(student_dir, tmp_
     bad = subprocess.run([EXE, "export", str(student_dir), str(tmp_path / "bad"), "--max-ndcg-drop", "-1"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert bad.returncode != 0 and "max-ndcg-drop" in bad.stderr
+
+
+def test_measure_times_the_candidates_in_turn_and_keeps_each_ones_best_round():
+    from student.precision import measure
+
+    calls = []
+
+    class Clocked:  # a scorer whose cost is set per call: the machine's load changing between rounds
+        def __init__(self, name, costs):
+            self.name, self.costs = name, iter(costs)
+
+        def score(self, pairs, batch_size=32):
+            calls.append(self.name)
+            import time
+
+            time.sleep(next(self.costs))
+            return np.zeros(len(pairs))
+
+    sample = _sample()
+    a, b = _measured("fp32", "fp32", REFERENCE, 0.0), _measured("int8 (dynamic)", "int8", REFERENCE, 0.0)
+    out = measure([(a, Clocked("a", [0.05, 0.20])), (b, Clocked("b", [0.20, 0.02]))], sample, passes=2)
+    assert calls == ["a", "b", "a", "b"]  # rounds, not one candidate's passes after another's
+    # each keeps its best round (a's first, b's second): b's 0.02 s beats a's 0.05 s although b ran in the slow round first
+    assert out == [a, b] and 0 < a.pairs_per_second <= 10 / 0.05 and b.pairs_per_second > a.pairs_per_second
