@@ -61,7 +61,7 @@ from reranker.scoring import ONNX_MANIFEST
 from .formatting import template_path
 from .parity import ParitySample, compare, load_parity_sample
 from .precision import DEFAULT_MAX_NDCG_DROP, Measured, choose, measure, ndcg_drop
-from .quantize import LADDER, quantize_mixed, quantize_weight_only, search_mixed, to_fp16
+from .quantize import LADDER, quantize_dynamic_int8, quantize_weight_only, search_mixed, to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
             quantized, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
             models["int8"] = _fail_unless(check("int8", quantized, fused, _int8_notes("weight-only")), "int8")
         elif "int8" in precisions:
-            models["int8"] = _fail_unless(check("int8", quantize_mixed(base, work / "int8.tmp.onnx", []), fp32.optimized,
+            models["int8"] = _fail_unless(check("int8", quantize_dynamic_int8(base, work / "int8.tmp.onnx"), fp32.optimized,
                                                 _int8_notes("dynamic")), "int8")
         raw.unlink()
         if "fp16" in precisions:
@@ -218,8 +218,7 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
                     sample: ParitySample, optimize: bool, max_ndcg_drop: float, threads: int | None, passes: int) -> tuple[PrecisionChoice, ModelFile | None]:
     """Build both int8 graphs, measure them and fp32 on ``sample`` (:mod:`student.precision`); returns the choice
     and the int8 entry to keep (moved to the int8 file name), or ``None`` when fp32 won."""
-    fp32 = loaded["fp32"]
-    timed = [(Measured("fp32", "fp32", None, scored["fp32"], 0.0, _bytes(fp32)), fp32)]
+    timed = [(Measured("fp32", "fp32", None, scored["fp32"], 0.0, base.stat().st_size), loaded["fp32"])]
     built: dict[str, tuple[ModelFile, Path]] = {}
     excluded = []
     methods = ["dynamic", "weight-only"]
@@ -231,7 +230,7 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
         elif method == "mixed":
             entry = search_mixed(base, base_fused, work, check, loaded, scored, sample, max_ndcg_drop, LADDER)
         else:
-            entry = check("int8", quantize_mixed(base, work / "int8.tmp.onnx", []), base_fused, _int8_notes(method))
+            entry = check("int8", quantize_dynamic_int8(base, work / "int8.tmp.onnx"), base_fused, _int8_notes(method))
         if entry.parity.passed:
             timed.append((Measured(name, "int8", method, scored["int8"], 0.0, entry.bytes), loaded["int8"]))
             if method == "dynamic" and ndcg_drop(scored["int8"], sample, scored["fp32"])[0] > max_ndcg_drop:
@@ -254,10 +253,6 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
         else:
             path.unlink()
     return choice, chosen
-
-
-def _bytes(scorer: Any) -> int:
-    return (scorer.folder / scorer.manifest.models[scorer.precision].file).stat().st_size
 
 
 def _fail_unless(entry: ModelFile, precision: str) -> ModelFile:

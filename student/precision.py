@@ -100,11 +100,19 @@ def _ndcg(qrels: Qrels, scores: np.ndarray, sample: ParitySample) -> float:
     return evaluate(qrels, run, ["ndcg@10"])["candidate"]["ndcg@10"]
 
 
-def ndcg_drop(scores: np.ndarray, sample: ParitySample, reference: np.ndarray) -> tuple[float, float, float | None]:
+def drop_bases(reference: np.ndarray, sample: ParitySample) -> tuple[float, tuple[float, int] | None]:
+    """fp32's own figures that :func:`ndcg_drop` subtracts from: its fidelity nDCG@10 (1, less where fp32 itself has
+    ties) and its judged nDCG@10 with the number of judged groups (``None`` without judgements)."""
+    return fidelity_ndcg(reference, sample, reference), judged_ndcg(reference, sample)
+
+
+def ndcg_drop(scores: np.ndarray, sample: ParitySample, reference: np.ndarray,
+              bases: tuple[float, tuple[float, int] | None] | None = None) -> tuple[float, float, float | None]:
     """The drop held to the budget, and its parts: (max of the two, the drop against fp32's own ranking, the drop on
-    the sample's judgements or ``None``); ``reference``: fp32's scores."""
-    fidelity = fidelity_ndcg(reference, sample, reference) - fidelity_ndcg(scores, sample, reference)  # base: 1 but for ties
-    judged_base = judged_ndcg(reference, sample)
+    the sample's judgements or ``None``); ``reference``: fp32's scores; ``bases``: :func:`drop_bases` of it, when
+    several candidates are compared with the same reference."""
+    fidelity_base, judged_base = bases or drop_bases(reference, sample)
+    fidelity = fidelity_base - fidelity_ndcg(scores, sample, reference)
     judged = None if judged_base is None else judged_base[0] - judged_ndcg(scores, sample)[0]
     return (fidelity if judged is None else max(fidelity, judged)), fidelity, judged
 
@@ -115,10 +123,11 @@ def choose(measured: list[Measured], sample: ParitySample, max_ndcg_drop: float 
 
     ``excluded``: graphs that were built but not measured (why, in words), for the reason."""
     reference = next(m for m in measured if m.precision == "fp32")
-    judged_base = judged_ndcg(reference.scores, sample)
+    bases = drop_bases(reference.scores, sample)
+    judged_base = bases[1]
     rows = []
     for m in measured:
-        drop, fidelity, judged = ndcg_drop(m.scores, sample, reference.scores)
+        drop, fidelity, judged = ndcg_drop(m.scores, sample, reference.scores, bases)
         rows.append(PrecisionCandidate(
             name=m.name, precision=m.precision, int8_method=m.int8_method, pairs_per_second=round(m.pairs_per_second, 2),
             ndcg_drop=round(drop, 6), fidelity_drop=round(fidelity, 6), judged_drop=None if judged is None else round(judged, 6),

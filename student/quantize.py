@@ -10,7 +10,7 @@ the quantiser's own scheme (activations asymmetric uint8 per tensor, weights sym
 output channel). This is the layer-wise sensitivity analysis of Nagel et al., "A White Paper on
 Neural Network Quantization" (2021), section 3.7 (the per-layer SQNR of the quantised output).
 
-:func:`quantize_mixed` keeps the ``k`` lowest-SQNR nodes in fp32 and quantises the rest;
+:func:`quantize_dynamic_int8` with ``keep_fp32`` keeps the ``k`` lowest-SQNR nodes in fp32 and quantises the rest;
 :func:`student.export` searches ``k`` on a small ladder until the graph's nDCG@10 drop on the
 calibration sample is within the budget (``--int8-method mixed``, or ``--precision auto`` when
 plain dynamic int8 misses the budget). The ranking is a proxy (it ignores how errors travel to the
@@ -31,7 +31,7 @@ import numpy as np
 from reranker.errors import MissingDependencyError
 
 from .parity import ParitySample
-from .precision import ndcg_drop
+from .precision import drop_bases, ndcg_drop
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,9 @@ def node_sensitivity(fp32_path: str | Path, feeds: dict[str, np.ndarray]) -> lis
     return found
 
 
-def quantize_mixed(src: str | Path, dst: str | Path, keep_fp32: list[str]) -> Path:
-    """Dynamic int8 (int8 weights per output channel, activations per batch) of every node but ``keep_fp32``: with none
-    kept, the export's ``dynamic`` method."""
+def quantize_dynamic_int8(src: str | Path, dst: str | Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Dynamic int8 (int8 weights per output channel, activations per batch): the export's ``dynamic`` method; with
+    ``keep_fp32``, those nodes stay fp32 (the ``mixed`` method)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -154,13 +154,13 @@ def search_mixed(base: Path, fused: bool, work: Path, check, loaded: dict, score
     fp32 = loaded["fp32"]
     head = sample.pairs[:SENSITIVITY_PAIRS]
     ranking = node_sensitivity(base, fp32.encode([q for q, _ in head], [d for _, d in head]))
-    entry = None
+    entry, bases = None, drop_bases(scored["fp32"], sample)
     ladder = sorted({min(k, len(ranking)) for k in ladder})  # a small graph has fewer nodes than the ladder's top
     for k in ladder:
         keep = [s.name for s in ranking[:k]]
         loaded.pop("int8", None)
-        entry = check("int8", quantize_mixed(base, work / "int8.tmp.onnx", keep), fused, [])
-        drop = ndcg_drop(scored["int8"], sample, scored["fp32"])[0]
+        entry = check("int8", quantize_dynamic_int8(base, work / "int8.tmp.onnx", keep), fused, [])
+        drop = ndcg_drop(scored["int8"], sample, scored["fp32"], bases)[0]
         within = drop <= max_ndcg_drop
         log.info("mixed int8, %d most sensitive nodes in fp32: nDCG@10 drop %+.4f (%s)", k, drop, "within budget" if within else "over")
         sqnr = ", ".join(f"{s.name} ({s.sqnr_db:.1f} dB)" for s in ranking[:k]) or "none"

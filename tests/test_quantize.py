@@ -13,7 +13,7 @@ from test_precision import student_dir  # noqa: E402,F401 (module fixture: a tin
 from reranker.onnx_manifest import OnnxManifest, Tolerance  # noqa: E402
 from student.export import export_student  # noqa: E402
 from student.parity import load_parity_sample  # noqa: E402
-from student.quantize import node_sensitivity, quantize_mixed, swept_nodes  # noqa: E402
+from student.quantize import node_sensitivity, quantize_dynamic_int8, swept_nodes  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,17 +47,17 @@ def test_the_node_with_outlier_inputs_ranks_first_and_its_sqnr_matches_the_real_
 
     # keep "smooth" in fp32: the graph's only int8 error is "spiky"'s, whose SQNR the estimate must match
     exact = _run(tmp_path / "g.onnx", x).astype(np.float64)
-    quantize_mixed(tmp_path / "g.onnx", tmp_path / "q.onnx", ["smooth"])
+    quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "q.onnx", ["smooth"])
     noise = _run(tmp_path / "q.onnx", x) - exact
     real = 10 * np.log10((exact**2).sum() / (noise**2).sum())
     assert abs(real - ranking[0].sqnr_db) < 1.5, (real, ranking[0].sqnr_db)
 
 
-def test_quantize_mixed_keeps_the_named_nodes_in_fp32(tmp_path):
+def test_quantize_dynamic_int8_keeps_the_named_nodes_in_fp32(tmp_path):
     _two_matmuls(tmp_path / "g.onnx", np.random.default_rng(1))
     ops = lambda p: {n.name: n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
-    everything = ops(quantize_mixed(tmp_path / "g.onnx", tmp_path / "all.onnx", []))
-    kept = ops(quantize_mixed(tmp_path / "g.onnx", tmp_path / "kept.onnx", ["spiky"]))
+    everything = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "all.onnx", []))
+    kept = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "kept.onnx", ["spiky"]))
     assert "spiky" not in everything and "smooth" not in everything  # both became integer kernels
     assert kept["spiky"] == "MatMul" and "smooth" not in kept
 
