@@ -211,7 +211,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
 def _int8_notes(method: str) -> list[str]:
     if method == "weight-only":
         return [f"weight-only int8: MatMulNBits (8 bits, blocks of {WEIGHT_ONLY_BLOCK}), int8 embeddings, fp32 activations"]
-    return ["dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU)"]
+    return [("dynamic quantisation: int8 weights per output channel, activations quantised per batch (CPU); "
+             "the score head (from the last MatMul to the output) stays fp32")]
 
 
 def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work: Path, check, loaded: dict, scored: dict,

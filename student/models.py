@@ -171,10 +171,22 @@ class T5Student(Student):
         self.register_buffer("decoder_start", torch.tensor([[start]], dtype=torch.long), persistent=False)
 
     def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[batch, 2]`` fp32 logits of (true, false) at the first decoder step."""
+        """``[batch, 2]`` fp32 logits of (true, false) at the first decoder step.
+
+        The decoder state is projected onto the two answer rows of the output layer only, not the
+        whole vocabulary: the same two logits as ``model(...).logits[..., answer_ids]`` (pinned by a
+        test), without a ``[batch, vocab]`` projection, and the exported graph holds two rows of the
+        output layer instead of a second copy of the (tied) embedding matrix.
+        """
+        hf = self.model
         decoder_input_ids = self.decoder_start.expand(input_ids.shape[0], 1)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False)
-        return out.logits[:, 0, :].index_select(-1, self.answer_ids).float()
+        encoded = hf.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        state = hf.decoder(input_ids=decoder_input_ids, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
+                           use_cache=False).last_hidden_state[:, 0]
+        if getattr(hf.config, "scale_decoder_outputs", getattr(hf.config, "tie_word_embeddings", True)):
+            state = state * (hf.config.d_model ** -0.5)  # what T5ForConditionalGeneration does before its lm_head
+        rows = hf.get_output_embeddings().weight.index_select(0, self.answer_ids)
+        return torch.nn.functional.linear(state, rows).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.answer_logits(input_ids, attention_mask)

@@ -47,7 +47,7 @@ def test_the_node_with_outlier_inputs_ranks_first_and_its_sqnr_matches_the_real_
 
     # keep "smooth" in fp32: the graph's only int8 error is "spiky"'s, whose SQNR the estimate must match
     exact = _run(tmp_path / "g.onnx", x).astype(np.float64)
-    quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "q.onnx", ["smooth"])
+    quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "q.onnx", ["smooth"], keep_head=False)
     noise = _run(tmp_path / "q.onnx", x) - exact
     real = 10 * np.log10((exact**2).sum() / (noise**2).sum())
     assert abs(real - ranking[0].sqnr_db) < 1.5, (real, ranking[0].sqnr_db)
@@ -56,10 +56,34 @@ def test_the_node_with_outlier_inputs_ranks_first_and_its_sqnr_matches_the_real_
 def test_quantize_dynamic_int8_keeps_the_named_nodes_in_fp32(tmp_path):
     _two_matmuls(tmp_path / "g.onnx", np.random.default_rng(1))
     ops = lambda p: {n.name: n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
-    everything = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "all.onnx", []))
-    kept = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "kept.onnx", ["spiky"]))
+    everything = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "all.onnx", [], keep_head=False))
+    kept = ops(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "kept.onnx", ["spiky"], keep_head=False))
     assert "spiky" not in everything and "smooth" not in everything  # both became integer kernels
     assert kept["spiky"] == "MatMul" and "smooth" not in kept
+
+
+def test_dynamic_int8_keeps_the_score_head_in_fp32_up_to_the_last_normalisation(tmp_path):
+    """x -> MatMul "body" -> LayerNorm -> MatMul "head" -> Sub -> score: the head and what follows stay fp32, the body
+    (before the normalisation) is quantised; the head's output then carries no activation rounding of its own."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 32)).astype(np.float32), "wb"),
+             numpy_helper.from_array(np.ones(32, np.float32), "gamma"), numpy_helper.from_array(np.zeros(32, np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(size=(32, 2)).astype(np.float32), "wh"),
+             numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([1], np.int64), "i1")]
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["h"], name="body"),
+             helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], name="norm", axis=-1),
+             helper.make_node("MatMul", ["n", "wh"], ["two"], name="head"),
+             helper.make_node("Gather", ["two", "i0"], ["t"], name="true", axis=1), helper.make_node("Gather", ["two", "i1"], ["f"], name="false", axis=1),
+             helper.make_node("Sub", ["t", "f"], ["score"], name="diff")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    from student.quantize import score_head_nodes
+    assert sorted(score_head_nodes(onnx.load(str(tmp_path / "g.onnx")))) == ["diff", "false", "head", "true"]
+    ops = {n.name: n.op_type for n in onnx.load(str(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "q.onnx"))).graph.node}
+    assert ops["head"] == "MatMul" and "body" not in ops  # body became an integer kernel
+    bare = {n.name for n in onnx.load(str(quantize_dynamic_int8(tmp_path / "g.onnx", tmp_path / "b.onnx", keep_head=False))).graph.node}
+    assert "head" not in bare
 
 
 def test_export_mixed_searches_the_ladder_and_says_which_nodes_stayed_fp32(student_dir, tmp_path):  # noqa: F811

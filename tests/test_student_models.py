@@ -146,6 +146,21 @@ def test_t5_score_is_the_answer_logit_difference(t5_student):
         torch.testing.assert_close(probs[0], expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_t5_answer_logits_match_the_full_vocabulary_projection(tied):
+    """answer_logits projects onto two output rows; they equal the full model's logits at those ids, with the tied
+    embedding's d_model**-0.5 scaling and without it (an untied lm_head, as in T5 v1.1)."""
+    torch.manual_seed(1)
+    student = T5Student.from_config({**T5_CONFIG, "tie_word_embeddings": tied}, tiny_t5_tokenizer(), max_length=48, query_max_length=8)
+    enc = encode_pairs(student.tokenizer, student.config, [q for q, _ in PAIRS], [d for _, d in PAIRS])
+    ids = {k: torch.as_tensor(v) for k, v in enc.items()}
+    start = torch.full((len(PAIRS), 1), student.model.config.decoder_start_token_id)
+    with torch.no_grad():
+        full = student.model(**ids, decoder_input_ids=start).logits[:, 0][:, list(student.config.answer_ids)]
+        torch.testing.assert_close(student.answer_logits(**ids), full, atol=1e-5, rtol=0)
+    assert full.std() > 0  # a real comparison, not two constants
+
+
 def test_long_document_keeps_the_suffix(t5_student):
     tok, config = t5_student.tokenizer, t5_student.config
     long_query, long_doc = " ".join(["solar"] * 50), " ".join(["wind turbines convert power"] * 200)
