@@ -1,6 +1,6 @@
 # Set-up-and-go targets. Each creates .venv and installs what it needs on first use.
 #   make demo   the main job on the embedded corpus (offline, CPU)
-#   make test   the whole test suite
+#   make test   the layer contract (import-linter), then the whole test suite
 # A CPU torch is installed before anything else so that pip never pulls the CUDA build;
 # on machines whose pip would fetch a CUDA torch, point TORCH_INDEX at PyTorch's CPU wheel index.
 PYTHON ?= python3
@@ -36,7 +36,9 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed-demo
 	$(BIN)/reranker demo
 
+# the layer contract (pyproject.toml [tool.importlinter]) first: it fails in seconds
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 benchmarks: install

@@ -141,10 +141,10 @@ def main() -> None:
 
 def weights_digest(model: Path) -> str:
     """sha256 over a saved student's weight files (backbone and head): equal digests score every pair alike."""
-    from reranker.pipeline.runner import sha256_path
+    from reranker.io.files import sha256
 
     files = [model / name for name in ("model.safetensors", "hybrid_head.safetensors") if (model / name).is_file()]
-    return hashlib.sha256("".join(f"{f.name}:{sha256_path(f)}" for f in files).encode()).hexdigest()
+    return hashlib.sha256("".join(f"{f.name}:{sha256(f)}" for f in files).encode()).hexdigest()
 
 
 def _p_value(report: dict, run: str) -> float | None:

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config import DataSpec, check_paths, data_paths, load_config_file, looks_like_path, resolve_path, validation_problems
 from .errors import RerankerError
 from .io.documents import document_of
-from .pipeline.config import DataSpec, check_paths, data_paths, looks_like_path, resolve_path, validation_problems
 from .records import Corpus, Run
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,6 @@ def load_cascade_config(path: str | Path) -> CascadeConfig:
 
     An unknown key, a wrong type or a missing path is a :class:`RerankerError` naming the key and the file.
     """
-    from student.train import load_config_file
-
     path = Path(path)
     data = load_config_file(path)
     try:
@@ -172,7 +170,7 @@ def load_cascade(config: CascadeConfig) -> LoadedCascade:
     """Load the corpus, build (or open) the first-stage index, make the teacher, prepare and warm it up."""
     from teacher.base import make_teacher
 
-    from .pipeline.stages import read_data
+    from .config import read_data
     from .retrieval import build_index, open_index
 
     start = time.perf_counter()

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from importlib import resources
 from pathlib import Path
 
 from .evaluation import compare
-from .io.dataset import load_dataset
+from .io.dataset import demo_data, load_dataset
 from .io.documents import ChunkConfig, document_run
 from .io.trec import write_run
 from .retrieval import build_index, fuse
@@ -26,16 +25,11 @@ log = logging.getLogger(__name__)
 METRICS = ["ndcg@10", "mrr@10", "recall@10", "map"]
 
 
-def demo_data() -> Path:
-    """The embedded demo collection's folder (``docs/``, ``queries.jsonl``, ``qrels.tsv``)."""
-    return Path(str(resources.files("reranker") / "data" / "demo"))
-
-
-def run_demo(out: Path, chunking: ChunkConfig = ChunkConfig(words=120, overlap=30)) -> str:
+def run_demo(out: Path, chunking: ChunkConfig | None = None) -> str:
     """Run the demo, write runs and the report under ``out``; return the report as text."""
     start = time.perf_counter()
     root = demo_data()
-    ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv", chunking=chunking)
+    ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv", chunking=chunking or ChunkConfig())
     log.info("demo corpus: %d passages from %s, %d queries", len(ds.corpus), root / "docs", len(ds.queries))
     out.mkdir(parents=True, exist_ok=True)
     runs = {}

@@ -11,7 +11,6 @@ This module imports neither torch nor onnxruntime: the exporter writes it, the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -173,9 +172,4 @@ class OnnxManifest(BaseModel):
             raise RerankerError(f"{path}: invalid manifest at {where!r}: {first['msg']} ({exc.error_count()} problem(s))") from None
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+

@@ -1,6 +1,6 @@
 """The ONNX Runtime scorer: an exported folder (``reranker export``) as a :class:`~reranker.scoring.Scorer`.
 
-Pairs are formatted and truncated by :func:`student.formatting.encode_pairs`, the function
+Pairs are formatted and truncated by :func:`reranker.formatting.encode_pairs`, the function
 training and export use, with NumPy outputs; this module never imports torch, so a serving
 machine needs only ``onnxruntime`` (or ``onnxruntime-gpu``) and ``transformers``/``tokenizers``.
 
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .errors import MissingDependencyError, RerankerError
-from .onnx_manifest import OnnxManifest, sha256
+from .io.files import sha256
+from .onnx_manifest import OnnxManifest
 from .scoring import ONNX_MANIFEST, STUDENT_CONFIG, PairScoring
 
 __all__ = ["ONNX_MANIFEST", "OnnxScorer", "load_onnx", "resolve_providers"]
@@ -78,7 +79,7 @@ class OnnxScorer(PairScoring):
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
                  inter_op_threads: int | None = None, precision: str | None = None):
-        from student.config import StudentConfig
+        from reranker.student_config import StudentConfig
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -141,11 +142,11 @@ class OnnxScorer(PairScoring):
 
     def _load_tokenizer(self) -> Any:
         try:
-            from transformers import AutoTokenizer
+            import transformers
         except ImportError as exc:
             raise MissingDependencyError("the ONNX scorer's tokenizer", "cpu", exc) from exc
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+            tokenizer = _tokenizer_class(transformers, self.folder).from_pretrained(str(self.folder))
         except (OSError, ValueError) as exc:
             raise RerankerError(f"{self.folder}: could not load the tokenizer ({exc})") from None
         info = self.manifest.tokenizer
@@ -185,8 +186,8 @@ class OnnxScorer(PairScoring):
     # --- scoring ------------------------------------------------------------------------
 
     def encode(self, queries: Sequence[str], documents: Sequence[str]) -> dict[str, np.ndarray]:
-        """The graph's inputs: :func:`student.formatting.encode_pairs` with NumPy arrays."""
-        from student.formatting import encode_pairs
+        """The graph's inputs: :func:`reranker.formatting.encode_pairs` with NumPy arrays."""
+        from reranker.formatting import encode_pairs
 
         arrays = encode_pairs(self.tokenizer, self.config, queries, documents, return_tensors="np")
         missing = [n for n in self.manifest.inputs if n not in arrays]
@@ -220,6 +221,19 @@ class OnnxScorer(PairScoring):
 
     def __repr__(self) -> str:
         return f"OnnxScorer({str(self.folder)!r}, kind={self.kind!r}, precision={self.precision!r}, providers={self.providers})"
+
+
+def _tokenizer_class(transformers: Any, folder: Path) -> Any:
+    """The tokenizer class that ``tokenizer_config.json`` names, as ``AutoTokenizer`` would pick it, but without
+    ``AutoTokenizer``'s model registry, which imports torch when it is installed: serving stays free of torch."""
+    import json
+
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError):
+        name = None
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    return cls if cls is not None and hasattr(cls, "from_pretrained") else transformers.AutoTokenizer
 
 
 def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,

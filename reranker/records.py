@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import RerankerError
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
@@ -149,3 +151,30 @@ class Run(_NestedMapping):
         from ranx import Run as RanxRun
 
         return RanxRun(self.to_dict(), name=self.name)
+
+
+@dataclass
+class Dataset:
+    """A corpus with (optionally) queries, relevance judgements and a candidate run."""
+
+    name: str
+    corpus: Corpus
+    queries: dict[str, Query]
+    qrels: Qrels | None = None
+    run: Run | None = None
+
+    def require_queries(self) -> dict[str, Query]:
+        if not self.queries:
+            raise RerankerError(f"data set {self.name!r} has no queries; give a queries file with --queries")
+        return self.queries
+
+    def require_qrels(self) -> Qrels:
+        if self.qrels is None or not len(self.qrels):
+            raise RerankerError(f"data set {self.name!r} has no relevance judgements; give a qrels file with --qrels")
+        return self.qrels
+
+    def __repr__(self) -> str:
+        return (
+            f"<Dataset {self.name!r}: {len(self.corpus)} docs, {len(self.queries)} queries, "
+            f"{len(self.qrels) if self.qrels else 0} judged queries>"
+        )

@@ -22,6 +22,14 @@ ONNX_MANIFEST = "onnx_manifest.json"
 STUDENT_CONFIG = "student_config.json"
 
 
+def sigmoid(x: Any) -> Any:
+    """The logistic function, stable for any ``|x|`` (``0.5 * (1 + tanh(x / 2))`` in float64, clipped to [0, 1]): a
+    float for a number, an array for an array. The one place raw scores become probabilities: the server's
+    relevance scores, the teachers' labels, their calibration and the label store's exports."""
+    y = np.clip(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))), 0.0, 1.0)
+    return float(y) if np.ndim(y) == 0 else y
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """Scores pairs; higher is more relevant. ``kind`` is ``"t5"`` or ``"cross-encoder"``."""

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from reranker.errors import MissingDependencyError, RerankerError
+from reranker.formatting import template_path
+from reranker.io.files import sha256
 from reranker.onnx_manifest import (
     DEFAULT_TOLERANCES,
     MODEL_FILES,
@@ -54,11 +56,9 @@ from reranker.onnx_manifest import (
     PrecisionChoice,
     TokenizerInfo,
     Tolerance,
-    sha256,
 )
 from reranker.scoring import ONNX_MANIFEST
 
-from .formatting import template_path
 from .parity import ParitySample, compare, load_parity_sample
 from .precision import DEFAULT_MAX_NDCG_DROP, Measured, choose, measure, ndcg_drop
 from .quantize import LADDER, quantize_dynamic_int8, quantize_weight_only, search_mixed, to_fp16

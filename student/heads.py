@@ -125,7 +125,7 @@ class HybridHead(nn.Module):
 
 def document_frequencies(config: Any, texts: Sequence[str]) -> tuple[torch.Tensor, float]:
     """Term-id document frequencies ``[buckets]`` of ``texts`` (each its first ``max_length`` terms, as
-    :func:`student.formatting.encode_pairs` reads documents) and their mean length in terms."""
+    :func:`reranker.formatting.encode_pairs` reads documents) and their mean length in terms."""
     df = torch.zeros(config.lexical_buckets)
     ids = term_ids(texts, config.max_length, config.lexical_buckets, config.lexical_language)
     lengths = (ids > 0).sum(1)

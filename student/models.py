@@ -1,7 +1,7 @@
 """The student re-rankers: a monoT5-style seq2seq scorer and a BERT-family cross-encoder.
 
 Both are ``torch.nn.Module`` s whose ``forward`` maps the tensors of
-:func:`student.formatting.encode_pairs` to one fp32 score per pair, so training, ONNX export
+:func:`reranker.formatting.encode_pairs` to one fp32 score per pair, so training, ONNX export
 and serving run the same code. :class:`Student` adds scoring of text pairs, ranking,
 and saving; :func:`load_student` builds the right kind from a saved folder.
 """
@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from reranker.errors import RerankerError
+from reranker.formatting import encode_pairs, is_packaged, template_path
 from reranker.registry import BackendSpec, Registry
 from reranker.scoring import PairScoring
+from reranker.student_config import CONFIG_NAME, StudentConfig
 
-from .config import CONFIG_NAME, StudentConfig
-from .formatting import encode_pairs, is_packaged, template_path
 from .heads import HEAD_FILE, HybridHead
 
 log = logging.getLogger(__name__)

@@ -61,11 +61,11 @@ def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: in
     from reranker.retrieval import build_index
 
     if spec is None:
-        from reranker.demo import demo_data
+        from reranker.io.dataset import demo_data
 
         root = demo_data()
         ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv",
-                          chunking=ChunkConfig(words=120, overlap=30))
+                          chunking=ChunkConfig())
         source = "embedded demo corpus (Northwind Analytics), bm25s top 16"
     else:
         ds = load_dataset(str(spec))

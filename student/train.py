@@ -21,7 +21,6 @@ resume where it stopped. The result is ``OUTPUT/model``: a student folder that
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,7 +31,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reranker.config import load_config_file, validation_problems
 from reranker.errors import RerankerError
+from reranker.io.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +84,6 @@ class DistillConfig(BaseModel):
     resume: bool = Field(True, description="Resume from OUTPUT/checkpoint when it exists.")
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML or TOML file; a clear error for a missing or malformed file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RerankerError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-    except Exception as exc:  # noqa: BLE001 - both parsers raise their own types
-        raise RerankerError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({exc})") from None
-    if not isinstance(data, dict):
-        raise RerankerError(f"{path}: expected a mapping of options at the top level")
-    return data
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> DistillConfig:
     """A :class:`DistillConfig` from a YAML/TOML file and/or keyword overrides (``None`` values ignored)."""
     data: dict[str, Any] = load_config_file(path) if path is not None else {}
@@ -112,8 +91,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DistillConf
     try:
         return DistillConfig(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise RerankerError(f"{path or 'distill options'}: {problems}") from None
+        raise RerankerError(f"{path or 'distill options'}: {validation_problems(exc, '')}") from None
 
 
 def _check_losses(cfg: DistillConfig) -> None:
@@ -220,19 +198,14 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperatu
     import torch
 
     from reranker.evaluation import evaluate
-    from reranker.records import Qrels, Run
+    from reranker.records import Qrels
+    from reranker.rerank import score_pairs
 
     from .losses import listwise_kl
 
-    pairs, keys = [], []
-    for g in groups:
-        for c in g.candidates:
-            pairs.append((g.query, c.text))
-            keys.append((g.query_id, c.doc_id))
-    scores = student.score(pairs, batch_size=batch_size) if pairs else []
-    run = Run(name="student")
-    for (qid, did), s in zip(keys, scores):
-        run.add(qid, did, float(s))
+    keyed = [(g.query_id, c.doc_id, g.query, c.text) for g in groups for c in g.candidates]
+    run = score_pairs(student, keyed, name="student", batch_size=batch_size)
+    scores = [run[qid][did] for qid, did, _, _ in keyed]
     teacher_qrels = Qrels({g.query_id: {c.doc_id: int(round(10 * c.label)) for c in g.candidates} for g in groups}, name="teacher")
     mask, teacher_scores, _ = pad_groups([g.candidates for g in groups])
     s = torch.zeros(mask.shape)
@@ -246,14 +219,6 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperatu
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     """Run the distillation ``cfg`` describes; returns a summary (also in OUTPUT/summary.json)."""
     import torch
@@ -262,7 +227,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from teacher.store import read_groups
+    from reranker.io.groups import read_groups
 
     from .losses import combined_loss
 
@@ -399,7 +364,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         summary = {
             "steps": state["step"], "total_steps": total, "best_step": state["best_step"], "best_metrics": state.get("best_metrics"),
             "initial_metrics": state.get("initial_metrics"), "head_init": state.get("head_init"), "bf16": state.get("bf16"),
-            "seconds": state.get("seconds_before", 0.0) + time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": _sha256(Path(cfg.train)),
+            "seconds": state.get("seconds_before", 0.0) + time.perf_counter() - start, "train_groups": len(train_groups), "train_sha256": sha256(Path(cfg.train)),
             "config": json.loads(cfg.model_dump_json()), "history": state["history"],
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

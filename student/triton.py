@@ -2,7 +2,7 @@
 
 Layout (Triton's): ``REPO/<name>/config.pbtxt`` and ``REPO/<name>/1/model.onnx``, served by
 the ``onnxruntime_onnx`` platform with dynamic batching. The graph takes token ids, so clients
-tokenise as the export folder does (:func:`student.formatting.encode_pairs` with the folder's
+tokenise as the export folder does (:func:`reranker.formatting.encode_pairs` with the folder's
 tokenizer and ``student_config.json``; the files are copied beside the model as
 ``REPO/<name>/tokenizer/``, which Triton ignores).
 """

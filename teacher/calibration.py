@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from reranker.errors import RerankerError
+from reranker.scoring import sigmoid
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -36,14 +37,10 @@ class Calibration:
     info: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def apply(self, scores) -> np.ndarray:
-        return _sigmoid(np.asarray(scores, dtype=np.float64) / self.temperature + self.bias)
+        return sigmoid(np.asarray(scores, dtype=np.float64) / self.temperature + self.bias)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
 
 
 def nll(probs, targets) -> float:
@@ -81,7 +78,7 @@ def reliability_bins(probs, targets, bins: int = 10) -> list[dict[str, float]]:
 def _objective(params: np.ndarray, s: np.ndarray, y: np.ndarray, fit_bias: bool):
     w, b = params[0], (params[1] if fit_bias else 0.0)
     z = w * s + b
-    p = _sigmoid(z)
+    p = sigmoid(z)
     loss = float(np.mean(np.logaddexp(0.0, z) - y * z))  # BCE with logits, stable
     r = p - y
     grad = np.array([np.mean(r * s), np.mean(r)]) if fit_bias else np.array([np.mean(r * s)])

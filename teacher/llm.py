@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .base import Judgement, TeacherError, sigmoid
+from reranker.scoring import sigmoid
+
+from .base import Judgement, TeacherError
 from .prompts import PromptTemplate
 
 

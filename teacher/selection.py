@@ -30,6 +30,7 @@ import numpy as np
 
 from reranker.errors import RerankerError
 from reranker.records import Run
+from reranker.scoring import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def priority_order(
         return keys
     if strategy == "uncertainty":
         st = _need_student(student, pairs, strategy)
-        margin = {k: abs(1 / (1 + np.exp(-np.clip(st[k[0]][k[1]], -50, 50))) - 0.5) for k, _, _ in pairs}
+        margin = {k: abs(sigmoid(st[k[0]][k[1]]) - 0.5) for k, _, _ in pairs}
         return sorted(margin, key=lambda k: (margin[k], rng.random()))
     if strategy == "disagreement":
         st = _need_student(student, pairs, strategy)
@@ -225,12 +226,9 @@ def _tfidf(texts: Mapping[str, str], tokenize: Callable[[str], list[str]] | None
 
 def student_run(model_dir: str, queries, corpus, candidates: Run, batch_size: int = 32) -> Run:
     """The student's scores for every candidate pair (a torch or ONNX student folder)."""
+    from reranker.rerank import score_pairs
     from reranker.scoring import load_model
 
     scorer = load_model(model_dir)
-    keys = [(q, h.doc_id) for q in sorted(candidates) for h in candidates.ranking(q)]
-    scores = scorer.score([(queries[q].text, corpus[d].contents) for q, d in keys], batch_size=batch_size)
-    run = Run(name="student")
-    for (q, d), s in zip(keys, scores):
-        run.add(q, d, float(s))
-    return run
+    keyed = [(q, h.doc_id, queries[q].text, corpus[h.doc_id].contents) for q in sorted(candidates) for h in candidates.ranking(q)]
+    return score_pairs(scorer, keyed, name="student", batch_size=batch_size)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from reranker.errors import RerankerError
+from reranker.io.groups import read_groups
 from reranker.io.jsonl import read_corpus_jsonl, read_queries_jsonl
 from teacher.calibration import Calibration, ece, fit_calibration, nll, reliability_plot, report
-from teacher.store import LabelStore, read_groups
+from teacher.store import LabelStore
 
 
 def overconfident(n, seed, scale=4.0, shift=0.0):

@@ -13,7 +13,7 @@ def test_demo_runs_offline_and_reports_three_retrievers(tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert list(report["scores"]) == ["bm25s", "dense", "hybrid-rrf"]
     for name, scores in report["scores"].items():
-        assert 0.0 <= scores["ndcg@10"] <= 1.0
+        assert scores["ndcg@10"] > 0.8, (name, scores)  # the embedded queries are answerable: relevant documents rank high
         assert (tmp_path / "demo" / f"{name}.trec").is_file()
     # the embedded queries are answerable: every retriever finds most answers in its top 10
     assert min(s["recall@10"] for s in report["scores"].values()) > 0.8

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from test_student_models import BERT_CONFIG, T5_CONFIG, WORDS, tiny_bert_tokenizer, tiny_t5_tokenizer
 
 from reranker.errors import DataFormatError, RerankerError
@@ -43,6 +42,9 @@ def write_groups(folder: Path) -> tuple[Path, Path]:
     return folder / "train.jsonl", folder / "dev.jsonl"
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread, restored after the module
+
+
 @pytest.fixture(scope="module")
 def groups(tmp_path_factory):
     return write_groups(tmp_path_factory.mktemp("groups"))
@@ -71,7 +73,6 @@ def options(kind, groups, tokenizers, out, **extra):
 
 @pytest.mark.parametrize("kind", ["t5", "cross-encoder"])
 def test_the_same_labels_train_both_students_and_the_loss_falls(kind, groups, tokenizers, tmp_path):
-    torch.set_num_threads(1)
     # the plain classifier head: a fitted hybrid head starts next to the teacher and leaves the loss little to lose
     head = {"head": "classifier"} if kind == "cross-encoder" else {}
     summary = distill(load_config(**options(kind, groups, tokenizers, tmp_path / kind, max_steps=40, losses={"listwise_kl": 1.0, "margin_mse": 0.1},
@@ -108,7 +109,6 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(groups, tokenizers, tmp_
 def test_a_run_split_by_stop_after_and_resumed_equals_the_uninterrupted_run(groups, tokenizers, tmp_path):
     """stop_after ends an invocation (checkpointed) without changing the schedule; resuming restores the
     weights, optimiser, scheduler, RNGs and the candidate sampler, so the two halves make the same model."""
-    torch.set_num_threads(1)
     # dropout on, group_size below the group's length: both random streams must be restored
     opts = dict(max_steps=6, eval_every=4, group_size=3, warmup_ratio=0.3, model_config_overrides=dict(BERT_CONFIG, initializer_range=0.2, hidden_dropout_prob=0.1))
     whole = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "whole", **opts)), progress=False)
@@ -207,7 +207,6 @@ def test_the_lexical_language_reaches_the_student(groups, tokenizers):
 def test_the_hybrid_head_starts_from_the_teacher(groups, tokenizers, tmp_path):
     """head: hybrid fits its cosine and term-match weights to the teacher before the first step: the untrained
     student already agrees with the teacher far better than the classifier head does, and than that head after training."""
-    torch.set_num_threads(1)
     runs = {}
     for head in ("classifier", "hybrid"):
         runs[head] = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / head, head=head, max_steps=20,
@@ -241,7 +240,6 @@ def test_bf16_is_chosen_by_the_hardware_and_refused_where_it_is_missing(groups, 
 def test_model_selection_keeps_the_starting_point_when_training_only_makes_it_worse(groups, tokenizers, tmp_path):
     """The fitted starting point is the first candidate of model selection: a run whose steps do not raise the
     agreement with the teacher (a learning rate far too high) returns the student it began with."""
-    torch.set_num_threads(1)
     summary = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "w", head="hybrid", lr=5.0, head_lr=5.0,
                                             max_steps=4, eval_every=2, patience=1)), progress=False)
     evals = [h["teacher_kl"] for h in summary["history"] if "teacher_kl" in h]
@@ -253,7 +251,6 @@ def test_model_selection_keeps_the_starting_point_when_training_only_makes_it_wo
 
 def test_the_pair_budget_bounds_a_run_whatever_the_corpus_size(groups, tokenizers, tmp_path):
     """max_pairs ends the run at whichever of epochs and the budget comes first; max_steps overrides both."""
-    torch.set_num_threads(1)
     # 15 train groups, 4 per step: 4 steps an epoch; 10 epochs = 40 steps, but 60 pairs of 20 per step = 3 steps
     budget = distill(load_config(**options("cross-encoder", groups, tokenizers, tmp_path / "b", epochs=10, max_pairs=60, eval_every=50)),
                      progress=False)
@@ -269,7 +266,6 @@ def test_the_pair_budget_bounds_a_run_whatever_the_corpus_size(groups, tokenizer
 def test_a_checkpoint_that_selected_on_teacher_ndcg_resumes_with_selection_anew(groups, tokenizers, tmp_path):
     """Checkpoints of the version that selected on teacher-nDCG keep a best on another scale (higher is better,
     near 1): resumed, the next evaluation decides the best model instead of comparing -KL with it."""
-    torch.set_num_threads(1)
     out = tmp_path / "old"
     opts = dict(head="classifier", max_steps=4, eval_every=2)
     distill(load_config(**options("cross-encoder", groups, tokenizers, out, stop_after=2, **opts)), progress=False)

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import DataFormatError, RerankerError
+from reranker.io.groups import GroupCandidate, LabelGroup, read_groups
 from reranker.io.jsonl import read_corpus_jsonl, read_queries_jsonl
 from reranker.records import Run
 from teacher.base import Judgement, Teacher
-from teacher.store import GroupCandidate, LabelGroup, LabelRow, LabelStore, read_groups
+from teacher.store import LabelRow, LabelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 T1, T2 = "bm25:ab12cd34ef56", "hf:0123456789ab"
@@ -250,7 +251,7 @@ def test_sigkill_mid_run_leaves_whole_batches_and_a_rerun_completes(tmp_path):
         line = proc.stdout.readline()
         assert line, f"the child stopped early: {proc.communicate()[1]}"
         seen.append(line)
-    time.sleep(random.uniform(0.0, 0.02))  # else the kill lands right after a printed commit, never inside a batch
+    time.sleep(random.Random(0).uniform(0.0, 0.02))  # else the kill lands right after a printed commit, never inside a batch
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL

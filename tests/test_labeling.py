@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import RerankerError
+from reranker.io.groups import read_groups
 from reranker.records import Corpus, Document, Query, Run
 from reranker.retrieval import build_index
 from teacher.base import Judgement, Teacher, TeacherError, make_teacher
 from teacher.labeling import label_pairs
 from teacher.mining import mine_candidates
-from teacher.store import LabelStore, read_groups
+from teacher.store import LabelStore
 
 DOCS = {f"d{i}": f"document {i} about topic {i % 3} and energy {'solar' if i % 2 else 'wind'}" for i in range(12)}
 CORPUS = Corpus(Document(k, v) for k, v in DOCS.items())

@@ -39,7 +39,7 @@ def test_bad_settings_are_refused():
         analyze("text", language="klingon")
     with pytest.raises(RerankerError, match="buckets must be at least 2"):
         term_ids(["a"], max_terms=4, buckets=1)
-    from student.config import StudentConfig
+    from reranker.student_config import StudentConfig
 
     with pytest.raises(RerankerError, match="no stemmer"):
         StudentConfig(kind="cross-encoder", head="hybrid", lexical_language="klingon")

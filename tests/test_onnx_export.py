@@ -175,7 +175,7 @@ def test_corrupt_or_missing_model_file_is_named(exported, tmp_path):
     # garbage whose checksum is recorded: ONNX Runtime's own failure, naming the file
     (folder / "model.onnx").write_bytes(b"not a protobuf" * 100)
     manifest = json.loads((folder / "onnx_manifest.json").read_text())
-    from reranker.onnx_manifest import sha256
+    from reranker.io.files import sha256
 
     manifest["models"]["fp32"]["sha256"] = sha256(folder / "model.onnx")
     (folder / "onnx_manifest.json").write_text(json.dumps(manifest))
@@ -234,6 +234,30 @@ def test_serving_path_runs_without_torch(exported, kind):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     np.testing.assert_allclose(json.loads(res.stdout.strip().splitlines()[-1]), student.score(PAIRS), rtol=0, atol=1e-4)
+
+
+def test_serving_an_export_imports_neither_torch_nor_teacher_nor_student(exported, kind):
+    """With torch installed (this environment), the HTTP app serving an ONNX folder loads none of them: the core's
+    scorer, formatting and student config, and the tokenizer class its config names (not AutoTokenizer)."""
+    _, _, folder = exported[kind]
+    code = (
+        "import sys, json\n"
+        "from fastapi.testclient import TestClient\n"
+        "from reranker.server.app import create_app\n"
+        "from reranker.server.settings import ServerSettings\n"
+        f"app = create_app(settings=ServerSettings(model={str(folder)!r}, threads=1))\n"
+        "import time\n"
+        "with TestClient(app) as client:\n"
+        "    deadline = time.monotonic() + 120\n"
+        "    while client.get('/ready').status_code != 200 and time.monotonic() < deadline:\n"
+        "        time.sleep(0.2)\n"
+        "    r = client.post('/rerank', json={'query': 'solar power', 'texts': ['solar panels', 'coal mines']})\n"
+        "    assert r.status_code == 200, r.text\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'teacher', 'student'})))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
 
 
 def test_cli_export_then_rerank_and_triton(exported, tmp_path):

@@ -18,7 +18,7 @@ from test_labeling import kill_mid_labelling, labels_in
 from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
 
 from reranker.cascade import load_cascade_config
-from reranker.demo import demo_data
+from reranker.io.dataset import demo_data
 from reranker.pipeline.evaluate import cascade_run
 from reranker.records import Run
 from reranker.scoring import load_model

@@ -29,7 +29,7 @@ def local_ray():
 
 
 def test_ray_labels_equal_single_process_labels(local_ray, tmp_path):
-    from reranker.demo import demo_data
+    from reranker.io.dataset import demo_data
 
     root = demo_data()
     ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv")

@@ -24,8 +24,8 @@ import pytest
 import torch
 from test_student_models import BERT_CONFIG, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
 
-from reranker.scoring import load_model
-from reranker.server.app import create_app, sigmoid
+from reranker.scoring import load_model, sigmoid
+from reranker.server.app import create_app
 from reranker.server.batching import split_windows
 from reranker.server.settings import ServerSettings
 from student.models import CrossEncoderStudent, T5Student

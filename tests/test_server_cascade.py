@@ -29,8 +29,8 @@ from reranker.records import Query, Run
 from reranker.registry import BackendSpec
 from reranker.rerank import rerank_run
 from reranker.retrieval import build_index
-from reranker.scoring import load_model
-from reranker.server.app import create_app, sigmoid
+from reranker.scoring import load_model, sigmoid
+from reranker.server.app import create_app
 from reranker.server.settings import ServerSettings
 from student.models import CrossEncoderStudent
 from teacher.backends.lexical import BM25Teacher
@@ -191,8 +191,8 @@ def test_a_folder_corpus_answers_with_documents_each_at_its_best_passage(student
     """A folder of documents is split into passages: /search folds the cascade's passage order into documents as the
     evaluation folds its runs (``document_run``), names the best passage, and returns that passage's text and scores."""
     from reranker.cascade import load_cascade_config
+    from reranker.config import read_data
     from reranker.io.documents import document_run
-    from reranker.pipeline.stages import read_data
 
     for name, text in FOLDER_DOCS.items():
         (tmp_path / "docs" / name).parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from test_server import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, save_tiny_ce, wait_for
 
-from reranker.scoring import load_model
-from reranker.server.app import create_app, sigmoid
+from reranker.scoring import load_model, sigmoid
+from reranker.server.app import create_app
 from reranker.server.client import RerankAPIError, RerankClient
 from reranker.server.settings import ServerSettings
 

@@ -37,9 +37,8 @@ def st_command() -> list[str]:
     return [found]
 
 
-def test_fuzz_the_openapi_spec(tmp_path):
+def test_fuzz_the_openapi_spec(tmp_path, one_torch_thread):
     command = st_command()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     folder = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8).save_pretrained(tmp_path / "m")
     # Small limits, so that the fuzzer reaches the 413 paths too; a roomy queue, so that no 429 comes up.

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from reranker.errors import RerankerError
-from student.config import CONFIG_NAME, StudentConfig
-from student.formatting import encode_pairs, load_template
+from reranker.formatting import encode_pairs, load_template
+from reranker.student_config import CONFIG_NAME, StudentConfig
 from student.models import CrossEncoderStudent, T5Student, load_student
 
 WORDS = ["how", "do", "solar", "panels", "work", "energy", "storage", "wind", "turbines", "convert", "power", "batteries", "store", "coal", "burning", "releases", "carbon"]
@@ -357,8 +357,8 @@ def test_hybrid_states_are_the_bi_encoders(hybrid_student):
 
 
 def test_hybrid_fit_recovers_a_linear_teacher_and_zeroes_the_classifier(tmp_path):
+    from reranker.io.groups import GroupCandidate, LabelGroup
     from student.heads import fit_hybrid_head
-    from teacher.store import GroupCandidate, LabelGroup
 
     torch.manual_seed(1)
     s = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid")

@@ -6,8 +6,8 @@ import json
 
 from test_cli import ok, user_error
 
+from reranker.io.groups import read_groups
 from teacher.generate import read_synthetic
-from teacher.store import read_groups
 
 
 def test_generate_then_label_then_export(tmp_path):

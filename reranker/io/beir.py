@@ -69,7 +69,7 @@ def load_beir(path: str | Path, split: str | None = "test"):
 
     ``split`` picks ``qrels/<split>.tsv``; ``None`` loads no qrels and keeps every query.
     """
-    from .dataset import Dataset
+    from ..records import Dataset
 
     path = Path(path)
     src = _Source(path)

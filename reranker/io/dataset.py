@@ -18,48 +18,34 @@ beside a spec replace or add to what it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RerankerError
-from ..records import Corpus, Qrels, Query, Run
+from ..records import Dataset, Query
 from .documents import ChunkConfig, read_documents
 
 DATA_SUFFIXES = (".zip", ".jsonl", ".json", ".tsv", ".trec", ".txt")
 
 
-@dataclass
-class Dataset:
-    """A corpus with (optionally) queries, relevance judgements and a candidate run."""
-
-    name: str
-    corpus: Corpus
-    queries: dict[str, Query]
-    qrels: Qrels | None = None
-    run: Run | None = None
-
-    def require_queries(self) -> dict[str, Query]:
-        if not self.queries:
-            raise RerankerError(f"data set {self.name!r} has no queries; give a queries file with --queries")
-        return self.queries
-
-    def require_qrels(self) -> Qrels:
-        if self.qrels is None or not len(self.qrels):
-            raise RerankerError(f"data set {self.name!r} has no relevance judgements; give a qrels file with --qrels")
-        return self.qrels
-
-    def __repr__(self) -> str:
-        return (
-            f"<Dataset {self.name!r}: {len(self.corpus)} docs, {len(self.queries)} queries, "
-            f"{len(self.qrels) if self.qrels else 0} judged queries>"
-        )
-
-
-def _read_queries_file(path: Path) -> dict[str, Query]:
-    from .jsonl import read_queries_jsonl
+def read_queries_file(path: str | Path) -> tuple[dict[str, Query], dict[str, str]]:
+    """Queries from JSONL (``_id``/``text`` or ``qid``/``query``) or ``qid<TAB>text`` topics, and the source passage
+    (``doc_id``) of each JSONL query that names one (synthetic queries), ``{}`` for topics."""
+    from .jsonl import open_text, read_queries_stream
     from .trec import read_topics
 
-    return read_queries_jsonl(path) if path.suffix.lower() == ".jsonl" else read_topics(path)
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        return read_topics(path), {}
+    positives: dict[str, str] = {}
+    with open_text(path) as f:
+        return read_queries_stream(f, str(path), positives), positives
+
+
+def demo_data() -> Path:
+    """The embedded demo collection's folder (``docs/``, ``queries.jsonl``, ``qrels.tsv``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("reranker") / "data" / "demo"))
 
 
 def load_dataset(
@@ -94,7 +80,7 @@ def load_dataset(
 
             ds = load_irds(spec_str)
     if queries is not None:
-        ds.queries = _read_queries_file(Path(queries))
+        ds.queries = read_queries_file(queries)[0]
     if qrels is not None:
         from .trec import read_qrels
 

@@ -73,7 +73,7 @@ class IrdsCorpus(Corpus):
 
 def load_irds(dataset_id: str):
     """Load an ir_datasets id as a :class:`~reranker.io.dataset.Dataset` (corpus is lazy)."""
-    from .dataset import Dataset
+    from ..records import Dataset
 
     try:
         import ir_datasets

@@ -71,14 +71,17 @@ def read_corpus_stream(stream: IO[str], name: str) -> Corpus:
     return corpus
 
 
-def read_queries_stream(stream: IO[str], name: str) -> dict[str, Query]:
-    """Queries from JSONL (BEIR ``_id`` + ``text``, or ``qid`` + ``query``)."""
+def read_queries_stream(stream: IO[str], name: str, positives: dict[str, str] | None = None) -> dict[str, Query]:
+    """Queries from JSONL (BEIR ``_id`` + ``text``, or ``qid`` + ``query``); with ``positives``, the ``doc_id`` of
+    lines that carry one (a synthetic query's source passage) is added to it under the query id."""
     queries: dict[str, Query] = {}
     for lineno, obj in iter_jsonl(stream, name):
         qid = pick(obj, QUERY_ID_KEYS, name, lineno, "query id")
         if qid in queries:
             raise DataFormatError(name, lineno, f"query id {qid!r} appears twice")
         queries[qid] = Query(qid, pick(obj, QUERY_TEXT_KEYS, name, lineno, "query text"))
+        if positives is not None and obj.get("doc_id") is not None:
+            positives[qid] = str(obj["doc_id"])
     return queries
 
 

@@ -15,7 +15,7 @@ from .jsonl import open_text
 
 
 def load_trec_dl_candidates(path: str | Path, qrels_path: str | Path | None = None):
-    from .dataset import Dataset
+    from ..records import Dataset
     from .trec import read_qrels
 
     path = Path(path)

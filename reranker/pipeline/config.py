@@ -10,30 +10,17 @@ config file's folder; ``package:`` paths point into the installed ``reranker`` p
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..config import DataSpec, check_paths, data_paths, load_config_file, validation_problems
 from ..errors import RerankerError
-
-STAGES = ("queries", "candidates", "labels", "distill", "export", "evaluate", "promote")
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class DataSpec(Section):
-    """A data set spec for :func:`reranker.io.dataset.load_dataset` (plus optional queries/qrels files)."""
-
-    spec: str
-    queries: str | None = None
-    qrels: str | None = None
-    split: str = "test"
-    passage_words: int = Field(120, ge=10)
-    passage_overlap: int = Field(30, ge=0)
 
 
 class QueriesSection(Section):
@@ -131,7 +118,7 @@ class PipelineConfig(Section):
         try:
             DistillConfig(train="-", output_dir="-", **value)
         except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise ValueError(validation_problems(exc, "")) from None
         return value
 
     def distill_settings(self) -> dict[str, Any]:
@@ -151,47 +138,8 @@ class PipelineConfig(Section):
         }[stage]
 
 
-def resolve_path(value: str, base: Path) -> Path:
-    """``package:demo/docs`` -> inside the installed package; relative paths against ``base``."""
-    if value.startswith("package:"):
-        return Path(str(resources.files("reranker") / "data" / value[len("package:") :]))
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
-def looks_like_path(value: str) -> bool:
-    return value.startswith(("package:", ".", "/", "~")) or ("/" in value and not value.startswith("irds:")) or Path(value).suffix != ""
-
-
-def validation_problems(exc: ValidationError) -> str:
-    """``key.path: message; ...`` of a pydantic error: each problem named by its key."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
-
-
-def check_paths(where: str, paths, base: Path) -> None:
-    """A :class:`RerankerError` naming every ``(key, spec)`` of ``paths`` that looks like a path and does not exist."""
-    missing = []
-    for key, spec in paths:
-        if spec is not None and looks_like_path(spec):
-            resolved = resolve_path(spec, base)
-            if not resolved.exists():
-                missing.append(f"{key}: {spec} ({resolved} does not exist)")
-    if missing:
-        raise RerankerError(f"{where}: missing path{'s' if len(missing) > 1 else ''}: " + "; ".join(missing))
-
-
-def data_paths(prefix: str, data: DataSpec | None):
-    """``(key, value)`` of the files a data spec names, for :func:`check_paths`."""
-    if data is not None:
-        yield f"{prefix}.spec", data.spec
-        yield f"{prefix}.queries", data.queries
-        yield f"{prefix}.qrels", data.qrels
-
-
 def load_pipeline_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:
     """The config in ``path`` (or ``data``), with its paths resolved; every problem named before any work."""
-    from student.train import load_config_file
-
     base = Path.cwd()
     if path is not None:
         path = Path(path)

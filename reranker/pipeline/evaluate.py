@@ -65,7 +65,7 @@ def write_cascade_config(ctx: Context) -> None:
     import yaml
 
     from ..cascade import CascadeConfig
-    from .config import looks_like_path, resolve_path
+    from ..config import looks_like_path, resolve_path
     from .stages import serving_model
 
     spec = ctx.config.corpus

@@ -46,17 +46,13 @@ def version_model(folder: Path) -> Path:
 
 
 def dev_run(scorer, groups) -> Run:
-    run = Run(name="dev")
-    pairs = [(g.query, c.text) for g in groups for c in g.candidates]
-    scores = iter(scorer.score(pairs).tolist())
-    for g in groups:
-        for c in g.candidates:
-            run.add(g.query_id, c.doc_id, next(scores))
-    return run
+    from ..rerank import score_pairs
+
+    return score_pairs(scorer, [(g.query_id, c.doc_id, g.query, c.text) for g in groups for c in g.candidates], name="dev")
 
 
 def promote(ctx: Context) -> dict[str, Any]:
-    from teacher.store import read_groups
+    from reranker.io.groups import read_groups
 
     from ..evaluation import compare
     from ..scoring import load_model

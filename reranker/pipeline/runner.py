@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RerankerError
-from .config import STAGES, PipelineConfig
+from ..io.files import sha256
+from .config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,6 @@ class Stage:
     run: Callable[[Context], dict[str, Any]]  # returns the stage's metrics / facts for the manifest
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     inputs: Callable[[Context], dict[str, Any]] = lambda ctx: {}  # files outside the run folder it reads (checksums)
-
-
-def sha256_path(path: Path) -> str:
-    """Checksum of a file, or of a folder's files (names and contents, sorted)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -121,7 +109,7 @@ def _is_current(entry: dict[str, Any], fingerprint: str, ctx: Context) -> bool:
         return False
     for rel, digest in entry.get("outputs", {}).items():
         p = ctx.path(rel)
-        if not p.exists() or sha256_path(p) != digest:
+        if not p.exists() or sha256(p) != digest:
             return False
     return True
 
@@ -130,7 +118,7 @@ def run_stages(ctx: Context, stages: list[Stage], start_from: str | None = None,
     """Run (or skip) ``stages`` in order; returns the manifest."""
     names = [s.name for s in stages]
     if start_from is not None and start_from not in names:
-        raise RerankerError(f"--from {start_from!r}: no such stage; the stages are {', '.join(STAGES)}")
+        raise RerankerError(f"--from {start_from!r}: no such stage; the stages are {', '.join(names)}")
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(ctx.run_dir)
     manifest.data.update(name=ctx.config.name, config=_jsonable(ctx.config), versions=versions())
@@ -163,7 +151,7 @@ def run_stages(ctx: Context, stages: list[Stage], start_from: str | None = None,
             say(f"{stage.name}: running")
             start = time.perf_counter()
             metrics = stage.run(ctx) or {}
-            outputs = {rel: sha256_path(ctx.path(rel)) for rel in stage.outputs if ctx.path(rel).exists()}
+            outputs = {rel: sha256(ctx.path(rel)) for rel in stage.outputs if ctx.path(rel).exists()}
             entry = {"status": "done", "fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 2),
                      "outputs": outputs, "metrics": _jsonable(metrics)}
             manifest.set_stage(stage.name, entry)

@@ -13,24 +13,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..config import DataSpec, read_data
 from ..errors import RerankerError
-from .config import DataSpec
 from .runner import Context, Stage
 
 log = logging.getLogger(__name__)
-
-
-def read_data(spec: DataSpec, base: Path):
-    """The data set ``spec`` names, its paths read against ``base`` (``package:`` paths inside the package)."""
-    from ..io.dataset import load_dataset
-    from ..io.documents import ChunkConfig
-    from .config import looks_like_path, resolve_path
-
-    def path(value: str | None) -> str | None:
-        return None if value is None else str(resolve_path(value, base)) if looks_like_path(value) else value
-
-    return load_dataset(path(spec.spec), split=spec.split, queries=path(spec.queries), qrels=path(spec.qrels),
-                        chunking=ChunkConfig(words=spec.passage_words, overlap=spec.passage_overlap))
 
 
 def load_data(ctx: Context, spec: DataSpec):
@@ -82,11 +69,10 @@ def _norm(text: str) -> str:
 
 def _training_queries(ctx: Context):
     """Synthetic queries plus the feedback's queries (a feedback query with a synthetic query's text is that query)."""
-    from teacher.cli import read_query_file
-
+    from ..io.dataset import read_queries_file
     from ..records import Query
 
-    queries, positives = read_query_file(ctx.path("queries.jsonl"))
+    queries, positives = read_queries_file(ctx.path("queries.jsonl"))
     by_text = {_norm(q.text): qid for qid, q in queries.items()}
     for fb in _feedback(ctx):
         qid = by_text.setdefault(_norm(fb.query), fb.query_id)
@@ -179,7 +165,7 @@ def _apply_feedback(pairs: list[tuple[str, str, float]], groups_path: Path) -> i
 def stage_distill(ctx: Context) -> dict[str, Any]:
     from student.train import distill, load_config
 
-    from .config import resolve_path
+    from ..config import resolve_path
 
     options = dict(ctx.config.distill)
     if options.get("tokenizer"):
@@ -234,22 +220,23 @@ def stage_promote(ctx: Context) -> dict[str, Any]:
 
 def _checksums(ctx: Context, *specs: DataSpec | None, feedback: bool = False) -> dict[str, str | None]:
     """Checksums of the local files a stage reads, so that an edited corpus or new feedback reruns it."""
-    from .config import looks_like_path, resolve_path
-    from .runner import sha256_path
+    from ..config import looks_like_path, resolve_path
+    from ..io.files import sha256
 
     out: dict[str, str | None] = {}
     for spec in specs:
         for value in (spec.spec, spec.queries, spec.qrels) if spec else ():
             if value and looks_like_path(value):
                 path = resolve_path(value, ctx.base)
-                out[value] = sha256_path(path) if path.exists() else None
+                out[value] = sha256(path) if path.exists() else None
     if feedback and ctx.config.feedback:
         path = Path(ctx.config.feedback).expanduser()
         path = path if path.is_absolute() else Path.cwd() / path
-        out["feedback"] = sha256_path(path) if path.is_file() else None
+        out["feedback"] = sha256(path) if path.is_file() else None
     return out
 
 
+#: the stages in their order: the one list of their names, outputs and inputs
 STAGE_LIST = [
     Stage("queries", ("queries.jsonl", "queries-stats.json"), stage_queries,
           inputs=lambda ctx: _checksums(ctx, ctx.config.corpus, feedback=True)),

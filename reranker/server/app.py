@@ -30,7 +30,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import RerankerError
-from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents, sigmoid
+from ..scoring import sigmoid
+from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents
 from .cascade import CascadeService
 from .metrics import Metrics
 from .schemas import (

@@ -241,26 +241,15 @@ class Batcher:
             self.metrics.queue_pairs.set(self._queued)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic in float64, within [0, 1]: raw scores as relevance scores."""
-    return np.clip(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))), 0.0, 1.0)
-
-
 # --- long documents ---------------------------------------------------------------------------
 
 
 def split_windows(text: str, words: int, overlap: int) -> list[str]:
-    """``text`` as windows of ``words`` words, neighbours sharing ``overlap`` words; short texts stay whole."""
-    tokens = text.split()
-    if len(tokens) <= words:
-        return [text]
-    step = words - overlap
-    out = []
-    for start in range(0, len(tokens), step):
-        out.append(" ".join(tokens[start : start + words]))
-        if start + words >= len(tokens):
-            break
-    return out
+    """``text`` as windows of ``words`` words, neighbours sharing ``overlap`` words (the passages' own
+    :func:`reranker.io.documents.chunk_words`); a text of one window or less stays whole, as sent."""
+    from ..io.documents import ChunkConfig, chunk_words
+
+    return [text] if len(text.split()) <= words else chunk_words(text, ChunkConfig(words, overlap))
 
 
 def truncate_tokens(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:

@@ -33,7 +33,8 @@ from ..cascade import (
     teacher_judgements,
 )
 from ..errors import RerankerError
-from .batching import ServiceUnavailable, sigmoid
+from ..scoring import sigmoid
+from .batching import ServiceUnavailable
 from .schemas import SearchDocument, SearchMeta, SearchRequest, SearchResponse, SearchResult, SearchTimings
 
 log = logging.getLogger(__name__)

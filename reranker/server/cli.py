@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import validation_problems
 from ..errors import MissingDependencyError, RerankerError
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ def serve(
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise RerankerError(f"invalid server settings: {problems}") from None
+        raise RerankerError(f"invalid server settings: {validation_problems(exc, 'settings')}") from None
     if settings.model is None:
         raise RerankerError("no model: reranker serve MODEL_DIR (or set RERANKER_MODEL)")
     if settings.backend == "auto":

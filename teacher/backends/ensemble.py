@@ -13,8 +13,9 @@ from typing import Any
 
 from reranker.errors import RerankerError
 from reranker.records import Corpus
+from reranker.scoring import sigmoid
 
-from ..base import Judgement, Pair, Teacher, make_teacher, sigmoid
+from ..base import Judgement, Pair, Teacher, make_teacher
 from .normalize import zscores
 
 DEFAULT_MEMBERS = [{"name": "bm25", "weight": 1.0}, {"name": "bi-encoder", "weight": 1.0}]

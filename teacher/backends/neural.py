@@ -8,8 +8,9 @@ import numpy as np
 
 from reranker.errors import MissingDependencyError, RerankerError
 from reranker.retrieval.dense import DEFAULT_MODEL, load_bi_encoder, resolve_model_path
+from reranker.scoring import sigmoid
 
-from ..base import Judgement, Pair, Teacher, sigmoid
+from ..base import Judgement, Pair, Teacher
 from .normalize import zscore_judgements
 
 

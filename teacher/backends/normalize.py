@@ -6,7 +6,9 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..base import Judgement, Pair, sigmoid
+from reranker.scoring import sigmoid
+
+from ..base import Judgement, Pair
 
 
 def zscores(pairs: Sequence[Pair], scores: Sequence[float]) -> list[float]:

@@ -17,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-from .errors import RerankerError
+from ..errors import RerankerError
+from ..io.documents import ChunkConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,8 +37,8 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Backe
 
 
 def _dataset(spec: str, split: str, queries: Path | None, qrels: Path | None, words: int, overlap: int):
-    from .io.dataset import load_dataset
-    from .io.documents import ChunkConfig
+    from ..io.dataset import load_dataset
+    from ..io.documents import ChunkConfig
 
     start = time.perf_counter()
     ds = load_dataset(spec, split=split, queries=queries, qrels=qrels, chunking=ChunkConfig(words, overlap))
@@ -46,16 +47,9 @@ def _dataset(spec: str, split: str, queries: Path | None, qrels: Path | None, wo
 
 
 def _params(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise RerankerError(f"--param {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+    from ..config import key_values
+
+    return key_values(items)
 
 
 @app.callback()
@@ -80,10 +74,10 @@ def index(
     backend: Annotated[str, typer.Option(help="bm25s, pyserini or dense.")] = "bm25s",
     param: ParamOpt = None,
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
-    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+    passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
     """Build a first-stage index over a data set's corpus and save it to a folder."""
-    from .retrieval import build_index
+    from ..retrieval import build_index
 
     ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
     start = time.perf_counter()
@@ -104,12 +98,12 @@ def retrieve(
     per_document: Annotated[bool, typer.Option(help="Folders of documents: rank documents by their best passage (MaxP).")] = False,
     param: ParamOpt = None,
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
-    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+    passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
     """Retrieve the top-k documents for every query of a data set and write a TREC run."""
-    from .io.documents import document_run
-    from .io.trec import write_run
-    from .retrieval import build_index, fuse, open_index
+    from ..io.documents import document_run
+    from ..io.trec import write_run
+    from ..retrieval import build_index, fuse, open_index
 
     if k < 1:
         raise RerankerError(f"--k must be at least 1, got {k}")
@@ -139,8 +133,8 @@ def retrieve(
 
 
 def _load_qrels(spec: str, split: str):
-    from .io.dataset import load_dataset
-    from .io.trec import read_qrels
+    from ..io.dataset import load_dataset
+    from ..io.trec import read_qrels
 
     path = Path(spec)
     if path.is_file() and path.suffix.lower() not in (".zip", ".json", ".jsonl"):
@@ -160,8 +154,8 @@ def evaluate(
     split: SplitOpt = "test",
 ):
     """Evaluate runs against qrels, with paired significance tests between runs."""
-    from .evaluation import DEFAULT_METRICS, compare
-    from .io.trec import read_run
+    from ..evaluation import DEFAULT_METRICS, compare
+    from ..io.trec import read_run
 
     q = _load_qrels(qrels, split)
     loaded = [read_run(p) for p in runs]
@@ -187,12 +181,12 @@ def rerank(
     batch_size: Annotated[int, typer.Option(help="Pairs per model batch.")] = 32,
     backend: Annotated[str, typer.Option(help="auto (by the folder's files), torch or onnx.")] = "auto",
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
-    passage_words: WordsOpt = 200, passage_overlap: OverlapOpt = 50,
+    passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
     """Re-rank the top-k of a first-stage run with a model folder, without HTTP."""
-    from .io.trec import read_run, write_run
-    from .rerank import rerank_run
-    from .scoring import load_model
+    from ..io.trec import read_run, write_run
+    from ..rerank import rerank_run
+    from ..scoring import load_model
 
     if (dataset is None) == (dataset_opt is None):
         raise RerankerError("name the data set once: reranker rerank DATASET ... or reranker rerank --dataset DATASET ...")
@@ -208,7 +202,7 @@ def rerank(
 @app.command()
 def backends():
     """List the retrieval backends and the extra each needs."""
-    from .retrieval import BACKENDS
+    from ..retrieval import BACKENDS
 
     for name, spec in BACKENDS.items():
         typer.echo(f"{name:10s} {spec.description} (extra: {spec.extra})")
@@ -219,17 +213,16 @@ def retrieval_demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path("runs/retrieval-demo"),
 ):
     """First stages on the embedded corpus: BM25, dense and hybrid retrieval, evaluated (offline, about a minute)."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     typer.echo(run_demo(out))
 
 
 def _register_plugins() -> None:
-    from student.cli import register as register_student
-    from teacher.cli import register as register_teacher
-
-    from .pipeline.cli import register as register_pipeline
-    from .server.cli import register as register_server
+    from ..pipeline.cli import register as register_pipeline
+    from ..server.cli import register as register_server
+    from .student import register as register_student
+    from .teacher import register as register_teacher
 
     register_teacher(app)
     register_student(app)
@@ -251,6 +244,3 @@ def main() -> None:
         typer.secho("interrupted", err=True)
         raise SystemExit(130) from None
 
-
-if __name__ == "__main__":
-    main()

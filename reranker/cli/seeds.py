@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import ParamOpt, _params
+from .teacher import ParamOpt, _params
 
 SeedsOpt = Annotated[Path, typer.Option(help="Seed judgements: JSONL {query_id|query, doc_id, label} or TREC / BEIR qrels.")]
 GradeOpt = Annotated[int, typer.Option(help="Highest seed grade (1: binary 0/1 labels).")]
@@ -32,12 +32,11 @@ def calibrate(
     """Fit the teacher's temperature (and bias) on seed judgements; exports of its labels apply it from now on."""
     from reranker.io.dataset import load_dataset
     from reranker.records import Run
-
-    from .base import make_teacher
-    from .calibration import calibrate_store, reliability_plot
-    from .labeling import label_pairs
-    from .seeds import read_seeds
-    from .store import LabelStore
+    from teacher.base import make_teacher
+    from teacher.calibration import calibrate_store, reliability_plot
+    from teacher.labeling import label_pairs
+    from teacher.seeds import read_seeds
+    from teacher.store import LabelStore
 
     ds = load_dataset(dataset, split=split)
     seedset = read_seeds(seeds, ds.queries, ds.corpus, grade_max=grade_max)
@@ -84,10 +83,9 @@ def teacher_tune(
 ):
     """Fine-tune an hf teacher with LoRA on seed judgements, with the prompt that labelling uses."""
     from reranker.io.dataset import load_dataset
-
-    from .base import Pair
-    from .seeds import read_seeds
-    from .tune import TuneConfig, tune_teacher
+    from teacher.base import Pair
+    from teacher.seeds import read_seeds
+    from teacher.tune import TuneConfig, tune_teacher
 
     ds = load_dataset(dataset, split=split)
     seedset = read_seeds(seeds, ds.queries, ds.corpus, grade_max=grade_max)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from reranker.errors import RerankerError
-from reranker.lexical import DEFAULT_BUCKETS, DEFAULT_LANGUAGE, check_language
+from .errors import RerankerError
+from .lexical import DEFAULT_BUCKETS, DEFAULT_LANGUAGE, check_language
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class StudentConfig:
     """How a student formats its input and what its score means.
 
     ``true_token_id`` / ``false_token_id`` are filled in by :meth:`resolve_tokens` (T5 only);
-    ``template`` names a file in ``student/templates`` (or a path); ``extra`` is free-form
+    ``template`` names a file in ``reranker/data/templates`` (or a path); ``extra`` is free-form
     (training metadata, the teacher it was distilled from, ...).
     """
 

@@ -9,11 +9,12 @@ from typing import Annotated
 
 import typer
 
+from reranker.config import json_or_text
 from reranker.errors import RerankerError
 
 
 def _option_help() -> str:
-    from .train import DistillConfig
+    from student.train import DistillConfig
 
     rows = []
     for name, field in DistillConfig.model_fields.items():
@@ -34,10 +35,7 @@ def _flags(args: list[str]) -> dict:
             if i + 1 >= len(args):
                 raise RerankerError(f"option --{key} needs a value")
             value, i = args[i + 1], i + 1
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
+        out[key.replace("-", "_")] = json_or_text(value)
         i += 1
     return out
 
@@ -46,8 +44,8 @@ def distill(ctx: typer.Context):
     """Distil a student (T5 or cross-encoder) from labelled groups: reranker distill [CONFIG.yaml|.toml] [--key value ...].
 
     Options (each also a config key; flags override the file):"""
-    from .train import distill as run
-    from .train import load_config
+    from student.train import distill as run
+    from student.train import load_config
 
     args = list(ctx.args)
     config = Path(args.pop(0)) if args and not args[0].startswith("--") else None
@@ -75,8 +73,8 @@ def export(
     threads: Annotated[int | None, typer.Option(min=1, help="--precision auto: ONNX Runtime threads for the timing (default: all cores), as the server will run.")] = None,
 ):
     """Export a student to ONNX (optimised fp32, int8 for CPUs, fp16 for GPUs), checked against PyTorch."""
-    from .export import export_student, parse_precisions
-    from .parity import load_parity_sample
+    from student.export import export_student, parse_precisions
+    from student.parity import load_parity_sample
 
     precisions = parse_precisions(precision or ["fp32", "int8"])
     sample = load_parity_sample(parity_data, parity_sample)

@@ -16,27 +16,9 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Teach
 
 
 def _params(items: list[str] | None) -> dict:
-    from reranker.cli import _params as parse
+    from reranker.config import key_values
 
-    return parse(items)
-
-
-def read_query_file(path: Path):
-    """Queries (``_id``/``text``) and, where lines carry one, their source passage (``doc_id``)."""
-    from reranker.io.jsonl import QUERY_ID_KEYS, QUERY_TEXT_KEYS, iter_jsonl, open_text, pick
-    from reranker.io.trec import read_topics
-    from reranker.records import Query
-
-    if path.suffix.lower() != ".jsonl":
-        return read_topics(path), {}
-    queries, positives = {}, {}
-    with open_text(path) as f:
-        for lineno, obj in iter_jsonl(f, str(path)):
-            qid = pick(obj, QUERY_ID_KEYS, str(path), lineno, "query id")
-            queries[qid] = Query(qid, pick(obj, QUERY_TEXT_KEYS, str(path), lineno, "query text"))
-            if obj.get("doc_id") is not None:
-                positives[qid] = str(obj["doc_id"])
-    return queries, positives
+    return key_values(items)
 
 
 def label(
@@ -62,17 +44,16 @@ def label(
     query_encoder: Annotated[str, typer.Option(help="Query embeddings for diversity: auto, minilm or tfidf.")] = "auto",
 ):
     """Label query–candidate pairs with a teacher's soft labels, into a resumable label store."""
-    from reranker.io.dataset import load_dataset
+    from reranker.io.dataset import load_dataset, read_queries_file
     from reranker.io.trec import read_run, write_run
     from reranker.retrieval import build_index
-
-    from .base import make_teacher
-    from .labeling import label_pairs
-    from .mining import mine_candidates
-    from .store import LabelStore
+    from teacher.base import make_teacher
+    from teacher.labeling import label_pairs
+    from teacher.mining import mine_candidates
+    from teacher.store import LabelStore
 
     ds = load_dataset(dataset, split=split)
-    qs, positives = read_query_file(queries) if queries else (ds.require_queries(), {})
+    qs, positives = read_queries_file(queries) if queries else (ds.require_queries(), {})
     t = make_teacher(teacher, **_params(param))
     if candidates is not None:
         cands = read_run(candidates).restrict(qs)
@@ -103,8 +84,7 @@ def label(
 def _select(cands, budget, strategy, student, encoder, qs, corpus, st, t, seed):
     """The candidates' pairs to label this round: ``budget`` new ones chosen by ``strategy``, plus the done ones."""
     from reranker.errors import RerankerError
-
-    from .selection import STRATEGIES, embed_queries, select_pairs, student_run
+    from teacher.selection import STRATEGIES, embed_queries, select_pairs, student_run
 
     if strategy not in STRATEGIES:
         raise RerankerError(f"--select {strategy!r}: choose one of {', '.join(STRATEGIES)}")
@@ -141,10 +121,9 @@ def generate_queries(
 ):
     """Write synthetic queries for a corpus with an LLM (InPars / Promptagator prompts) or extractively, then filter them."""
     from reranker.io.dataset import load_dataset
-
-    from .base import make_generator
-    from .generate import FilterConfig, load_seed_pairs, write_synthetic
-    from .generate import generate_queries as run
+    from teacher.base import make_generator
+    from teacher.generate import FilterConfig, load_seed_pairs, write_synthetic
+    from teacher.generate import generate_queries as run
 
     ds = load_dataset(dataset, split=split)
     gen = make_generator(generator, **_params(param))
@@ -167,6 +146,6 @@ def generate_queries(
 def register(app: typer.Typer) -> None:
     app.command("generate-queries")(generate_queries)
     app.command("label")(label)
-    from .seed_cli import register as register_seed_commands
+    from .seeds import register as register_seed_commands
 
     register_seed_commands(app)

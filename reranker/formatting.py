@@ -1,7 +1,7 @@
 """Turning ``(query, document)`` pairs into model inputs: one function for training, export and serving.
 
-T5 students read a template (a data file in ``student/templates``, in the format of the
-teacher's prompt files) such as monoT5's ``Query: {query} Document: {document} Relevant:``.
+T5 students read a template (a data file in ``reranker/data/templates``, in the format of the
+teacher's prompt files, :mod:`reranker.templates`) such as monoT5's ``Query: {query} Document: {document} Relevant:``.
 :func:`encode_pairs` tokenises the template's words, the query and the document separately
 and joins the ids: the query is cut to ``query_max_length`` tokens first, then the document
 to what is left of ``max_length``, so the words after the document ("Relevant:") and the
@@ -31,15 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from reranker.errors import RerankerError
-from reranker.lexical import term_ids
-from teacher.prompts import PromptTemplate, parse_template
-
-from .config import StudentConfig
+from .errors import RerankerError
+from .lexical import term_ids
+from .student_config import StudentConfig
+from .templates import PromptTemplate, parse_template
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(str(resources.files("student") / "templates"))
+TEMPLATE_DIR = Path(str(resources.files("reranker") / "data" / "templates"))
 
 
 @dataclass(frozen=True)
