@@ -12,7 +12,7 @@ EXTRAS ?= dense,pyserini,llm,ray,gguf,openai,serve,cpu,dev
 # the demo needs only these: a first `make demo` skips the long builds (llama-cpp-python compiles from source)
 DEMO_EXTRAS ?= train,dense,cpu
 
-.PHONY: install demo test benchmarks clean
+.PHONY: install demo test test-fast benchmarks clean
 
 # the venv with a CPU torch first, then the project with the extras in $(1)
 define venv_with
@@ -40,6 +40,11 @@ demo: $(BIN)/.installed-demo
 test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# the quick loop while developing: no integration (tests/app) and no slow modules (see tests/conftest.py)
+test-fast: install
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -m "not slow and not integration"
 
 benchmarks: install
 	$(BIN)/python benchmarks/bm25_baseline.py

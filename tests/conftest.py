@@ -1,4 +1,10 @@
-"""Shared fixtures: the real data sets in ../shared (skipped when absent) and a tiny BEIR folder."""
+"""Shared fixtures: the real data sets in ../shared (skipped when absent), a tiny BEIR folder, a tiny student.
+
+Tests are laid out like the layers: ``core/`` (records, io, retrieval, evaluation, scoring), ``teacher/``,
+``student/`` and ``app/`` (CLI, server, pipeline, cascade, demo). Markers: every test in ``app/`` is
+``integration``; the modules in :data:`SLOW_MODULES` are ``slow``. ``pytest -m "not slow and not integration"``
+(``make test-fast``) is the quick loop; ``make test`` and CI run everything.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,20 @@ from pathlib import Path
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TESTS = Path(__file__).resolve().parent
+#: modules that train or export models or read a whole real data set (each takes a minute or more on 2 cores)
+SLOW_MODULES = {"test_distill", "test_onnx_export", "test_precision", "test_quantize", "test_teacher_tune", "test_ray",
+                "test_labeling", "test_label_store", "test_generate", "test_selection", "test_reference", "test_calibration",
+                "test_teacher_llama_openai"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if TESTS / "app" in path.parents:
+            item.add_marker(pytest.mark.integration)
+        if path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -88,3 +108,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    """A tiny random BERT cross-encoder (seeded), saved as a student folder."""
+    import torch
+    from helpers import BERT_CONFIG, tiny_bert_tokenizer
+
+    from student.models import CrossEncoderStudent
+
+    torch.manual_seed(0)
+    bert = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8).eval()
+    return bert.save_pretrained(tmp_path_factory.mktemp("auto") / "student")

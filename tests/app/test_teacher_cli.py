@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_cli import ok, user_error
+from helpers import ok, user_error
 
 from reranker.io.groups import read_groups
 from teacher.generate import read_synthetic

@@ -1,6 +1,6 @@
 """The re-rank server with its clients and commands: API-key auth, CORS, the official cohere SDK, the
 Python client, settings from the environment, `reranker serve` as a subprocess, `reranker rerank`
-without HTTP, and an ONNX export served. Helpers and fixtures come from test_server.
+without HTTP, and an ONNX export served. Helpers come from helpers.py, fixtures from conftest.py and this module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from test_server import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, save_tiny_ce, wait_for
+from helpers import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, save_tiny_ce, wait_for
 
 from reranker.scoring import load_model, sigmoid
 from reranker.server.app import create_app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+from helpers import BERT_CONFIG, tiny_bert_tokenizer
 
 from reranker.errors import RerankerError
 from reranker.scoring import Scorer, detect_backend, load_model

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.io.groups import GroupCandidate, LabelGroup, read_groups
@@ -23,7 +23,7 @@ from reranker.records import Run
 from teacher.base import Judgement, Teacher
 from teacher.store import LabelRow, LabelStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 T1, T2 = "bm25:ab12cd34ef56", "hf:0123456789ab"
 P1, P2 = "relevance-fewshot@1", "-"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_cli import ok
+from helpers import ok
 
 
 def test_demo_runs_offline_and_reports_three_retrievers(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import ok
+from helpers import ok
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_student_models import BERT_CONFIG, T5_CONFIG, WORDS, tiny_bert_tokenizer, tiny_t5_tokenizer
+from helpers import BERT_CONFIG, REPO, T5_CONFIG, WORDS, tiny_bert_tokenizer, tiny_t5_tokenizer
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.records import Corpus, Document, Query
@@ -168,7 +168,7 @@ def test_distill_cli_reads_a_config_file_and_flags(groups, tokenizers, tmp_path)
     assert res.returncode == 2 and "no_such_option" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("distill-*.yaml")))
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("distill-*.yaml")))
 def test_shipped_configs_are_valid(config):
     cfg = load_config(config)
     assert cfg.output_dir.parts[0] == "runs" and cfg.losses

@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_cli import user_error
-from test_server import metric, running, wait_for
-from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+from helpers import BERT_CONFIG, metric, running, tiny_bert_tokenizer, user_error, wait_for
 
 from reranker.io.dataset import load_dataset
 from reranker.pipeline.evaluate import cascade_run

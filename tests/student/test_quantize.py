@@ -8,7 +8,6 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from test_precision import student_dir  # noqa: E402,F401 (module fixture: a tiny random cross-encoder)
 
 from reranker.onnx_manifest import OnnxManifest, Tolerance  # noqa: E402
 from student.export import export_student  # noqa: E402

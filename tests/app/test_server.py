@@ -7,78 +7,33 @@ checked against the same folder loaded directly (scorer.score), not against the 
 
 from __future__ import annotations
 
-import re
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from test_student_models import BERT_CONFIG, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
+from helpers import (
+    DOCS,
+    QUERY,
+    SETTINGS,
+    T5_CONFIG,
+    direct,
+    metric,
+    running,
+    save_tiny_ce,
+    tiny_t5_tokenizer,
+    wait_for,
+)
 
 from reranker.scoring import load_model, sigmoid
 from reranker.server.app import create_app
 from reranker.server.batching import split_windows
 from reranker.server.settings import ServerSettings
-from student.models import CrossEncoderStudent, T5Student
-
-EXE = Path(sys.executable).with_name("reranker")
-QUERY = "how do solar panels work"
-DOCS = [
-    "solar panels convert sunlight into power",
-    "batteries store energy",
-    "wind turbines convert the kinetic energy of moving air into power",
-    "burning coal releases carbon dioxide",
-    "solar energy storage",
-    "how wind power works",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(app, wait: str = "/ready", timeout: float = 60) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL; always stops."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url, wait, timeout)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def wait_for(url: str, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url}{path} not 200 after {timeout} s")
-        time.sleep(0.05)
+from student.models import T5Student
 
 
 class Slow:
@@ -103,11 +58,6 @@ class Slow:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def save_tiny_ce(root: Path) -> Path:
-    """The tiny BERT cross-encoder (seeded) saved as a student folder, ``root/model``."""
-    torch.manual_seed(0)
-    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8)
-    return student.save_pretrained(root / "model")
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +71,8 @@ def reference(ce_folder):
     return load_model(ce_folder)
 
 
-def direct(scorer, query: str, docs: list[str]) -> np.ndarray:
-    return scorer.score([(query, d) for d in docs]).astype(np.float64)
 
 
-SETTINGS = {"max_documents": 20, "max_chars": 500, "max_wait_ms": 20}
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +81,6 @@ def server(ce_folder) -> Iterator[str]:
         yield url
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 # --- the rerank endpoints ------------------------------------------------------------------------

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.onnx_manifest import OnnxManifest, Tolerance
-from student.models import CrossEncoderStudent
 from student.parity import ParitySample, load_parity_sample
 from student.precision import Measured, choose, fidelity_ndcg, judged_ndcg
 
@@ -115,13 +112,6 @@ def test_parse_precisions_knows_auto():
     assert parse_precisions(["auto,fp16"]) == ["fp32", "fp16", AUTO]
     with pytest.raises(RerankerError, match="choose from .*auto"):
         parse_precisions(["int4"])
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    bert = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8).eval()
-    return bert.save_pretrained(tmp_path_factory.mktemp("auto") / "student")
 
 
 def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_dir, tmp_path):

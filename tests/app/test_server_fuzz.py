@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_server import running
-from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+from helpers import BERT_CONFIG, running, tiny_bert_tokenizer
 
 from reranker.server.app import create_app
 from reranker.server.settings import ServerSettings

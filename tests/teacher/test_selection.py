@@ -128,7 +128,7 @@ def test_take_budget_never_opens_a_query_it_cannot_fill():
 
 
 def test_label_command_with_a_budget_labels_only_the_selected_pairs(tiny_beir, tmp_path):
-    from test_cli import ok, user_error
+    from helpers import ok, user_error
 
     from teacher.store import LabelStore
 

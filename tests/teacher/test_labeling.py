@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, kill_mid_labelling
 
 from reranker.errors import RerankerError
 from reranker.io.groups import read_groups
@@ -25,7 +23,7 @@ DOCS = {f"d{i}": f"document {i} about topic {i % 3} and energy {'solar' if i % 2
 CORPUS = Corpus(Document(k, v) for k, v in DOCS.items())
 QUERIES = {f"q{i}": Query(f"q{i}", f"topic {i} solar energy") for i in range(3)}
 EXE = Path(sys.executable).with_name("reranker")
-DEMO = Path(__file__).resolve().parents[1] / "reranker" / "data" / "demo"
+DEMO = REPO / "reranker" / "data" / "demo"
 
 
 def test_mining_keeps_the_positive_and_samples_negatives():
@@ -108,24 +106,8 @@ def _rows(path: Path) -> dict:
         return {(q, d): (s, lab) for q, d, s, lab in con.execute("SELECT query_id, doc_id, score, label FROM labels")}
 
 
-def labels_in(path: Path) -> int:
-    """Rows in a label store (0 while it does not exist yet)."""
-    try:
-        with sqlite3.connect(path, timeout=5) as con:
-            return con.execute("SELECT count(*) FROM labels").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
-def kill_mid_labelling(cmd: list[str], store: Path, at: int = 30, cwd: Path | None = None) -> None:
-    """Start ``cmd`` and SIGKILL its process group once ``store`` holds ``at`` labels (it must still be running)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    while labels_in(store) < at and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished labelling before it could be killed; give it more work"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def test_label_cli_killed_mid_run_resumes_to_the_same_labels(tmp_path):

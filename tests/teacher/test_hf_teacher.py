@@ -6,34 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers import TEXTS, build_tiny_lm
 
 from teacher.base import Pair, TeacherError, make_teacher
 from teacher.prompts import load_prompt
-
-TEXTS = [
-    "how do solar panels work", "Photovoltaic solar panels turn sunlight into electricity.",
-    "Burning coal releases carbon dioxide.", "wind turbines make power from moving air",
-]
-
-
-def build_tiny_lm(folder, with_answers: bool = True):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    template = load_prompt("relevance-fewshot").body
-    words = sorted(set(" ".join([template, *TEXTS]).replace("{", " ").replace("}", " ").split()) | {"yes", "Yes", "no", "No"})
-    if not with_answers:
-        words = [w for w in words if w.lower() not in ("yes", "no")]
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "</s>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

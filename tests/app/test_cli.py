@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import ok, user_error
 
 from reranker.evaluation import evaluate
 from reranker.io.trec import read_qrels, read_run
-
-EXE = Path(sys.executable).with_name("reranker")
-
-
-def cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-def ok(*args, **kw) -> subprocess.CompletedProcess:
-    res = cli(*args, **kw)
-    assert res.returncode == 0, res.stderr
-    return res
-
-
-def user_error(*args, match: str) -> str:
-    """The command fails with status 2 and one clear line, no traceback."""
-    res = cli(*args)
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr
-    assert "error:" in res.stderr and match in res.stderr, res.stderr
-    return res.stderr
 
 
 def test_index_retrieve_evaluate_round_trip(tiny_beir, tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_hf_teacher import TEXTS, build_tiny_lm
+from helpers import TEXTS, build_tiny_lm
 
 from reranker.errors import RerankerError
 from teacher.base import Pair, make_teacher
@@ -62,7 +62,7 @@ def test_tuning_refuses_bad_input(tiny_lm, tmp_path):
 
 
 def test_teacher_tune_command(tiny_lm, tiny_beir, tmp_path):
-    from test_cli import ok, user_error
+    from helpers import ok, user_error
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"query_id": "q1", "doc_id": "d1", "label": 1}\n{"query_id": "q1", "doc_id": "d3", "label": 0}\n')

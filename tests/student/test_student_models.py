@@ -9,49 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import string
 
 import numpy as np
 import pytest
 import torch
+from helpers import BERT_CONFIG, PAIRS, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
 
 from reranker.errors import RerankerError
 from reranker.formatting import encode_pairs, load_template
 from reranker.student_config import CONFIG_NAME, StudentConfig
 from student.models import CrossEncoderStudent, T5Student, load_student
-
-WORDS = ["how", "do", "solar", "panels", "work", "energy", "storage", "wind", "turbines", "convert", "power", "batteries", "store", "coal", "burning", "releases", "carbon"]
-PAIRS = [
-    ("how do solar panels work", "solar panels convert sunlight into power"),
-    ("energy storage", "batteries store energy"),
-    ("wind power", "wind turbines convert the kinetic energy of moving air into power " * 3),  # longer: padding
-    ("coal", "burning coal releases carbon dioxide"),
-]
-T5_CONFIG = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
-             "relative_attention_num_buckets": 8, "dropout_rate": 0.0}
-BERT_CONFIG = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "intermediate_size": 64, "max_position_embeddings": 128, "hidden_dropout_prob": 0.0,
-               "attention_probs_dropout_prob": 0.0}
-
-
-def tiny_t5_tokenizer(answers: bool = True):
-    """A T5 (Unigram, SentencePiece-style) tokenizer: words of the template and texts, then single characters."""
-    from transformers import T5Tokenizer
-
-    words = ["▁Query", "▁Document", "▁Relevant", *(f"▁{w}" for w in WORDS)] + (["▁true", "▁false"] if answers else [])
-    chars = [f"▁{c}" for c in string.ascii_letters] + list(string.ascii_letters + string.digits + string.punctuation)
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    pieces += [(w, -2.0) for w in words] + [(c, -5.0) for c in dict.fromkeys(chars)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
-def tiny_bert_tokenizer():
-    from transformers import BertTokenizer
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *string.ascii_lowercase]
-    tokens += [f"##{c}" for c in string.ascii_lowercase] + list(string.punctuation + string.digits)
-    return BertTokenizer(vocab={tok: i for i, tok in enumerate(dict.fromkeys(tokens))})
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import EXE, cli, ok, user_error
-from test_labeling import kill_mid_labelling, labels_in
-from test_student_models import BERT_CONFIG, tiny_bert_tokenizer
+from helpers import BERT_CONFIG, EXE, REPO, cli, kill_mid_labelling, labels_in, ok, tiny_bert_tokenizer, user_error
 
 from reranker.cascade import load_cascade_config
 from reranker.io.dataset import demo_data
@@ -190,7 +188,7 @@ def test_cascade_puts_the_teachers_picks_first():
 def test_shipped_configs_are_valid(name):
     from reranker.pipeline import DEFAULT_CONFIG, PipelineConfig, load_pipeline_config
 
-    cfg = PipelineConfig(**yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text()))
+    cfg = PipelineConfig(**yaml.safe_load((REPO / "configs" / name).read_text()))
     assert cfg.evaluate.data is not None and cfg.promote.enabled
     default, _ = load_pipeline_config(DEFAULT_CONFIG)  # the embedded default's paths all resolve
     assert default.export.precisions == ["auto"] and default.export.serve == "auto" and default.evaluate.cascade.enabled

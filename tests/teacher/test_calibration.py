@@ -99,7 +99,7 @@ def test_store_calibration_changes_exported_labels_and_none_keeps_them(tiny_beir
 
 
 def test_calibrate_command_labels_missing_seeds_fits_stores_and_export_applies_it(tiny_beir, tmp_path):
-    from test_cli import ok, user_error
+    from helpers import ok, user_error
 
     store, seeds = tmp_path / "l.sqlite", tmp_path / "seeds.tsv"
     ok("label", tiny_beir, "--store", store, "--teacher", "bm25", "-k", "6", "--export", tmp_path / "before.jsonl")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_student_models import BERT_CONFIG, PAIRS, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
+from helpers import BERT_CONFIG, PAIRS, T5_CONFIG, tiny_bert_tokenizer, tiny_t5_tokenizer
 
 from reranker.errors import RerankerError
 from reranker.onnx_manifest import OnnxManifest, Tolerance

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_DOCS
+from helpers import REPO
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.io.documents import read_documents
@@ -32,7 +33,7 @@ from teacher.generate import (
 )
 from teacher.prompts import load_prompt
 
-DEMO_DOCS = Path(__file__).resolve().parents[1] / "reranker" / "data" / "demo" / "docs"
+DEMO_DOCS = REPO / "reranker" / "data" / "demo" / "docs"
 PASSAGES = [
     (
         "Routine passport renewals take six to eight weeks. Expedited service takes two to three weeks for a fee. "
