@@ -8,14 +8,13 @@ Writes ``benchmarks/results/bf16_cpu.{md,json}``. Usage: ``python benchmarks/bf1
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, environment
+from common import SHARED, environment, write_json, write_markdown
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     from student.train import bf16_supported
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     ds = load_dataset(args.shared / "datasets" / "beir" / "scifact.zip")
@@ -58,12 +57,11 @@ def main() -> None:
             rows[f"{mode} {precision}"] = round(len(docs) / statistics.median(times), 2)
     native, where = bf16_supported()
     env = environment("torch")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bf16_cpu.json").write_text(json.dumps({"pairs_per_s": rows, "native_bf16": native, "cpu": where, "env": env}, indent=2) + "\n")
+    write_json("bf16_cpu", {"pairs_per_s": rows, "native_bf16": native, "cpu": where, "env": env})
     md = ["# bf16 autocast on this CPU (MiniLM-L6 cross-encoder, 32 pairs x 256 tokens)", "",
           f"Made by `python benchmarks/bf16_cpu.py --repeats {args.repeats}` on {time.strftime('%Y-%m-%d')}; {where}, torch {env['torch']}.", "",
           "| what | pairs/s |", "|---|---:|", *[f"| {k} | {v} |" for k, v in rows.items()]]
-    (RESULTS / "bf16_cpu.md").write_text("\n".join(md) + "\n")
+    write_markdown("bf16_cpu", md)
     print("\n".join(md))
 
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table  # noqa: E402
+from common import EXE, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bm25-baseline"))
     args = ap.parse_args()
     exe = EXE
@@ -56,9 +56,8 @@ def main() -> None:
     scifact_report = json.loads(Path(f"{w}/scifact.json").read_text())
     dl_report = json.loads(Path(f"{w}/dl19.json").read_text())
     env = environment("bm25s", "pyserini", "ranx", "sentence-transformers", "torch")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bm25_baseline.json").write_text(json.dumps({"scifact": scifact_report, "trec_dl_2019": dl_report,
-                                                            "timings": t, "environment": env}, indent=2) + "\n")
+    write_json("bm25_baseline", {"scifact": scifact_report, "trec_dl_2019": dl_report,
+                                                            "timings": t, "environment": env})
     md = [
         "# First-stage baselines",
         "",
@@ -83,7 +82,7 @@ def main() -> None:
         "",
         *timing_table(t, w),
     ]
-    (RESULTS / "bm25_baseline.md").write_text("\n".join(md) + "\n")
+    write_markdown("bm25_baseline", md)
     print("\n".join(md))
 
 

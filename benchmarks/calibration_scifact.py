@@ -24,14 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import EXE, RESULTS, environment, sh, timing_table
+from benchmarks.common import EXE, RESULTS, SHARED, environment, sh, timing_table, write_json, write_markdown
 from reranker.io.dataset import load_dataset
 from reranker.io.trec import read_run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--queries", type=int, default=0, help="sample this many train queries (0: all 809)")
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--teacher", default="ensemble")
@@ -76,7 +76,7 @@ def main() -> None:
               "pairs": n_pairs, "positive_pairs": positives, "holdout": args.holdout, "calibrations": reports,
               "timings": timings, "environment": environment("numpy", "torch", "sentence-transformers")}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "calibration_scifact.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json("calibration_scifact", result, args.out)
 
     lines = [
         "# Teacher calibration on SciFact (train-split qrels as seed data)",
@@ -116,7 +116,7 @@ def main() -> None:
         (f"Re-run: `python benchmarks/calibration_scifact.py{' --queries ' + str(args.queries) if args.queries else ''}`. "
         f"Environment: {json.dumps(result['environment'])}."),
     ]
-    (args.out / "calibration_scifact.md").write_text("\n".join(lines) + "\n")
+    write_markdown("calibration_scifact", lines, args.out)
     print("\n".join(lines))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: running `reranker` commands with timings, and the environment."""
+"""The benchmarks' harness: paths (the repository, ``../shared``, the results folder), running `reranker` commands
+with timings, the environment, and writing a result as ``results/<name>.json`` and ``results/<name>.md``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+SHARED = ROOT.parent / "shared"
 EXE = str(Path(sys.executable).with_name("reranker"))
+
+
+def write_json(name: str, data, out: Path = RESULTS, transform=None) -> Path:
+    """``out/<name>.json`` (indented, newline-terminated); ``transform`` rewrites the text first (e.g.
+    :func:`machine_independent`)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2) + "\n"
+    path = out / f"{name}.json"
+    path.write_text(transform(text) if transform else text)
+    return path
+
+
+def write_markdown(name: str, lines: list[str], out: Path = RESULTS) -> Path:
+    """``out/<name>.md`` from its lines."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def sh(cmd: list[str], timings: list[dict], label: str, cwd: Path | None = None) -> str:

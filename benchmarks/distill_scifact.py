@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, machine_independent, sh, timing_table
+from common import EXE, SHARED, environment, machine_independent, sh, timing_table, write_json, write_markdown
 
 T5_SMALL = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 8,
             "dropout_rate": 0.1, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
@@ -33,7 +33,7 @@ T5_SMALL = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_deco
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/distill-scifact"))
     ap.add_argument("--passages", type=int, default=800)
     ap.add_argument("--depth", type=int, default=16)
@@ -95,9 +95,7 @@ def main() -> None:
     gen = json.loads((w / "gen-stats.json").read_text())
     report = json.loads((w / "report.json").read_text())
     env = environment("torch", "transformers", "sentence-transformers")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distill_scifact.json").write_text(machine_independent(json.dumps(
-        {"report": report, "cross_encoder": ce, "t5": t5, "generation": gen, "timings": t, "env": env}, indent=2), w) + "\n")
+    write_json("distill_scifact", {"report": report, "cross_encoder": ce, "t5": t5, "generation": gen, "timings": t, "env": env}, transform=lambda text: machine_independent(text, w))
     agree = lambda s, k: (s.get(k) or {}).get("teacher_ndcg@10", float("nan"))
     md = [
         "# Distillation on SciFact without human labels",
@@ -125,7 +123,7 @@ def main() -> None:
         "",
         *timing_table(t, w),
     ]
-    (RESULTS / "distill_scifact.md").write_text("\n".join(md) + "\n")
+    write_markdown("distill_scifact", md)
     print("\n".join(md))
 
 

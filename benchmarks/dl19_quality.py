@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table
+from common import EXE, SHARED, environment, sh, timing_table, write_json, write_markdown
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--students", type=Path, default=Path("/tmp/distill-scifact"), help="Work folder of distill_scifact.py.")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dl19-quality"))
     args = ap.parse_args()
@@ -43,8 +43,7 @@ def main() -> None:
     sh([EXE, "-q", "evaluate", qrels, *runs, "-m", "ndcg@10", "-m", "mrr@10", "-m", "map-l2", "--report", w / "report"], t, "evaluate")
     report = json.loads((w / "report.json").read_text())
     env = environment("torch", "onnxruntime")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dl19_quality.json").write_text(json.dumps({"report": report, "timings": t, "env": env}, indent=2) + "\n")
+    write_json("dl19_quality", {"report": report, "timings": t, "env": env})
     md = [
         "# TREC DL 2019 passage: BM25 vs teacher vs students (zero-shot)",
         "",
@@ -58,7 +57,7 @@ def main() -> None:
         "",
         *timing_table(t, w),
     ]
-    (RESULTS / "dl19_quality.md").write_text("\n".join(md) + "\n")
+    write_markdown("dl19_quality", md)
     print("\n".join(md))
 
 

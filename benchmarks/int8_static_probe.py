@@ -21,7 +21,6 @@ Usage: ``python benchmarks/int8_static_probe.py --model DIR --onnx EXPORT_DIR --
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment
+from common import environment, write_json, write_markdown
 
 
 def main() -> None:
@@ -115,9 +114,8 @@ def main() -> None:
                f"--calibration {args.calibration} --calib-pairs {args.calib_pairs} --eval-pairs {args.eval_pairs} --threads {args.threads}")
     env = environment("onnxruntime", "onnx", "torch")
     load = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8_static_probe.json").write_text(json.dumps({"command": command, "rows": rows, "build_s": build_s, "env": env,
-                                                               "load_average_at_end": load}, indent=2) + "\n")
+    write_json("int8_static_probe", {"command": command, "rows": rows, "build_s": build_s, "env": env,
+                                                               "load_average_at_end": load})
     md = ["# Static (calibrated) vs dynamic int8 on one student", "",
           (f"Made by `{command}` on {time.strftime('%Y-%m-%d')} ({env['cores']} cores, onnxruntime {env['onnxruntime']}); "
            f"{len(held.pairs)} held-out pairs of {held.num_queries} groups, calibration on {args.calib_pairs} other pairs. "
@@ -126,7 +124,7 @@ def main() -> None:
           "|---|---:|---:|---:|---:|---:|"]
     md += [f"| {r['graph']} | {r['mean_abs_diff']:.4f} ({r['fp32_score_sd']:.3f}) | {r['fidelity_ndcg10']:.4f} | {r['pairs_per_s']:.1f} "
            f"| {r['batch_max_abs_diff']:.2e} | {r['mb']:.1f} |" for r in rows]
-    (RESULTS / "int8_static_probe.md").write_text("\n".join(md) + "\n")
+    write_markdown("int8_static_probe", md)
     print("\n".join(md))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import EXE, RESULTS, environment, sh, timing_table
+from benchmarks.common import EXE, RESULTS, SHARED, environment, sh, timing_table, write_json, write_markdown
 from reranker.evaluation import evaluate
 from reranker.io.dataset import load_dataset
 from reranker.io.trec import read_run, write_run
@@ -64,7 +64,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/label-budget"))
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--budgets", default="500,1000,2000,4000")
@@ -145,7 +145,7 @@ def main() -> None:
               "bm25_ndcg@10": next(iter(bm25.values()))["ndcg@10"], "curve": curve, "timings": t,
               "environment": environment("numpy", "torch", "transformers")}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "label_budget.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json("label_budget", result, args.out)
     head = "| strategy | " + " | ".join(f"{b} pairs" for b in budgets) + " |"
     lines = ["# Label-budget curve on SciFact", "", f"Made by `{result['command']}`.", "",
              (f"Student nDCG@10 re-ranking bm25s's top {args.rerank_k} on {len(test_ids)} SciFact test queries (bm25s alone: "
@@ -155,7 +155,7 @@ def main() -> None:
     lines += [f"| {s} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in curve[s]) + " |" for s in strategies]
     lines += ["", "![nDCG@10 against teacher-labelled pairs](label_budget.png)", "", "## Commands", "", *timing_table(t, w)]
     plot(result, args.out / "label_budget.png")
-    (args.out / "label_budget.md").write_text("\n".join(lines) + "\n")
+    write_markdown("label_budget", lines, args.out)
     print("\n".join(lines))
 
 

@@ -24,7 +24,6 @@ Usage: ``python benchmarks/lexical_terms.py [--top-k 100]``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, environment
+from common import SHARED, environment, write_json, write_markdown
 
 from reranker.evaluation import compare
 from reranker.io.dataset import load_dataset
@@ -91,7 +90,7 @@ def centred(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--top-k", type=int, default=100)
     args = ap.parse_args()
     start = time.perf_counter()
@@ -146,7 +145,7 @@ def main() -> None:
     out = {"top_k": args.top_k, "queries": len(queries), "pairs": len(pairs), "fitted_r": fitted,
            "ndcg@10": {n: comparison.scores[n]["ndcg@10"] for n in scores}, "p_vs_bm25": p_bm25,
            "seconds": round(seconds, 1), "environment": environment("transformers", "sentence-transformers", "bm25s")}
-    (RESULTS / "lexical_terms.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json("lexical_terms", out)
     md = [
         "# Lexical terms of the hybrid head: word pieces, words, stemmed words",
         "",
@@ -168,7 +167,7 @@ def main() -> None:
         "mixes with a cosine better than per-query z-scores do. This is why the hybrid head's lexical term matches "
         "stemmed words (`reranker/lexical.py`, `student/heads.py`).",
     ]
-    (RESULTS / "lexical_terms.md").write_text("\n".join(md) + "\n")
+    write_markdown("lexical_terms", md)
     print("\n".join(table))
 
 

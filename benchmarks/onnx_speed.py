@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table
+from common import EXE, SHARED, environment, sh, timing_table, write_json, write_markdown
 
 BATCH = 32
 BATCH_PROBE = 64  # pairs also scored one at a time: max |score alone - score in its batch of BATCH|
@@ -150,7 +150,7 @@ def size_mb(*paths: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--ce", type=Path, default=Path("/tmp/sf3/recipe-s0/model"), help="distilled cross-encoder student folder")
     ap.add_argument("--t5", type=Path, default=Path("/tmp/onnx-speed-t5/model"), help="T5 student folder")
     ap.add_argument("--plain-ce", type=Path, default=None,
@@ -304,14 +304,12 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
     plain_kind = next((r["kind"] for r in results if r["worker"] == "st-onnx"), None)
     st, ours = by.get((plain_kind, "st-onnx"), {}), by.get((plain_kind, "onnx-int8"), {})
     st_ratio = round(ours["pairs_per_s"] / st["pairs_per_s"], 2) if "pairs_per_s" in st and "pairs_per_s" in ours else None
-    RESULTS.mkdir(parents=True, exist_ok=True)
     command = (f"python benchmarks/onnx_speed.py --queries {args.queries} --threads {args.threads} --ce {args.ce} --t5 {args.t5}"
                + (f" --plain-ce {args.plain_ce}" if args.plain_ce else ""))
     if args.st_python:
         command += f" --st-python {args.st_python}"
-    (RESULTS / "onnx_speed.json").write_text(json.dumps(
-        {"command": command, "queries": len(qids), "pairs": len(rows), "bm25_ndcg10": round(bm25_ndcg, 4), "results": results,
-         "targets": targets, "auto": autos, "int8_vs_st_onnx": st_ratio, "load_average_at_end": [round(x, 2) for x in load], "timings": t, "env": env}, indent=2) + "\n")
+    write_json("onnx_speed", {"command": command, "queries": len(qids), "pairs": len(rows), "bm25_ndcg10": round(bm25_ndcg, 4), "results": results,
+         "targets": targets, "auto": autos, "int8_vs_st_onnx": st_ratio, "load_average_at_end": [round(x, 2) for x in load], "timings": t, "env": env})
     fmt = lambda v, f="{}": "–" if v is None else f.format(v)
     md = [
         "# ONNX Runtime vs PyTorch: re-ranking speed, quality, size and memory on SciFact",
@@ -377,7 +375,7 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
               "are below an idle machine's and the ratios carry noise." if load[1] > (os.cpu_count() or 1) else "")
     md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).{shared}", "",
            "## Commands and wall time", "", *timing_table(t, w)]
-    (RESULTS / "onnx_speed.md").write_text("\n".join(md) + "\n")
+    write_markdown("onnx_speed", md)
     print("\n".join(md))
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, machine_independent, sh, timing_table
+from common import EXE, RESULTS, SHARED, environment, machine_independent, sh, timing_table, write_markdown
 
 
 def configs(shared: Path) -> dict[str, str]:
@@ -58,7 +58,7 @@ def stage_table(manifest: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/pipeline-corpora"))
     ap.add_argument("--corpora", default="cacm,dl19")
     args = ap.parse_args()
@@ -100,7 +100,6 @@ def main() -> None:
     env = environment("torch", "transformers", "onnxruntime")
     # corpora measured by an earlier call (or a concurrent one) stay: read the file again just before writing it
     results = {**(json.loads(out_json.read_text())["corpora"] if out_json.is_file() else {}), **results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps({"corpora": results, "env": env}, indent=2) + "\n")
     lines = [
         "# The default pipeline on corpora it was not tuned on", "",
@@ -113,7 +112,7 @@ def main() -> None:
     for name, entry in results.items():
         lines += [f"## {name}", "", entry["report_md"], "", "Pipeline stages:", "", *entry["stages"], "",
                   *timing_table(entry["timings"], args.work), ""]
-    (RESULTS / "pipeline_corpora.md").write_text("\n".join(lines))
+    write_markdown("pipeline_corpora", lines)
     print("\n".join(lines))
 
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, sh, timing_table
+from common import EXE, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown
 
 # --- the load generator (a second process) -------------------------------------------------------
 
@@ -156,7 +156,7 @@ def metric_sum(text: str, name: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/server-load"))
     ap.add_argument("--model", type=Path, default=Path("/tmp/ce-try/model"), help="A student folder (cross-encoder or T5).")
     ap.add_argument("--backend", choices=["onnx", "torch"], default="onnx", help="onnx: export the student to ONNX (int8) and serve that.")
@@ -283,10 +283,8 @@ def write_results(args, t, levels, off_before, off_after, samples, serve_cmd, n_
     env = environment("torch", "onnxruntime", "fastapi", "uvicorn")
     command = (f"python benchmarks/server_load.py --backend {args.backend} --levels {args.levels} --duration {args.duration:g} "
                f"--queries {args.queries} --docs {args.docs} --threads {args.threads}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "server_load.json").write_text(json.dumps(
-        {"command": command, "server_command": serve_cmd, "offline": {"before": off_before, "after": off_after, "mean_pairs_per_s": offline_rate},
-         "levels": levels, "rss": rss, "target_met_at_32": target, "load_avg": load, "timings": t, "env": env}, indent=2) + "\n")
+    write_json("server_load", {"command": command, "server_command": serve_cmd, "offline": {"before": off_before, "after": off_after, "mean_pairs_per_s": offline_rate},
+         "levels": levels, "rss": rss, "target_met_at_32": target, "load_avg": load, "timings": t, "env": env})
     rows = ["| clients | requests | errors | pairs/s | vs offline | p50 s | p95 s | p99 s | mean batch (pairs) | load avg |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in levels:
@@ -332,7 +330,7 @@ def write_results(args, t, levels, off_before, off_after, samples, serve_cmd, n_
         "",
         *timing_table(t, args.work),
     ]
-    (RESULTS / "server_load.md").write_text("\n".join(md) + "\n")
+    write_markdown("server_load", md)
     print("\n".join(md))
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, RESULTS, ROOT, environment, machine_independent, sh
+from common import EXE, RESULTS, SHARED, environment, machine_independent, sh, write_json, write_markdown
 
 #: Each row changes one setting of the recipe (the `reranker distill` defaults).
 ROWS: dict[str, dict] = {
@@ -46,7 +46,7 @@ ROWS: dict[str, dict] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--work", type=Path, default=Path("/tmp/student-curve"))
     ap.add_argument("--passages", type=int, default=800)
     ap.add_argument("--depth", type=int, default=8)
@@ -164,9 +164,7 @@ def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> No
         made_seeds = ",".join(str(s) for s in sorted({v["seed"] for v in at if v["row"] == "recipe"})) or args.seeds
         made.append(f"`python benchmarks/student_curve.py --rows {made_rows} --seeds {made_seeds} --points {args.points} --top-k {k} "
                     f"--eval-every {args.eval_every}`")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "student_curve.json").write_text(machine_independent(json.dumps(
-        {"bm25": bm25, "teacher": teacher, "points": results, "timings": t, "env": env}, indent=2), w) + "\n")
+    write_json("student_curve", {"bm25": bm25, "teacher": teacher, "points": results, "timings": t, "env": env}, transform=lambda text: machine_independent(text, w))
     lines = [
         "# Student learning curve on SciFact (no human labels in training or model selection)", "",
         (f"Made by {' and '.join(made)} (runs add to one table; a point missing from the table was not reached) "
@@ -190,7 +188,7 @@ def write_results(results: dict, base: dict, args, w: Path, t: list[dict]) -> No
     finals = [r["ndcg@10"] for r in results.values() if r["row"] == "recipe" and r["step"] == last and r.get("top_k", 100) == 100]
     if len(finals) > 1:
         lines += ["", f"Recipe at step {last} over {len(finals)} seeds: nDCG@10 mean {statistics.mean(finals):.4f}, sd {statistics.stdev(finals):.4f}."]
-    (RESULTS / "student_curve.md").write_text("\n".join(lines) + "\n")
+    write_markdown("student_curve", lines)
     _plot(results, bm25, teacher)
     print("\n".join(lines))
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS
+from common import RESULTS, write_markdown
 
 
 def load(name: str) -> dict | None:
@@ -143,7 +143,7 @@ def main() -> None:
         md += ["", "One student per point: a student's training seed alone moves these by 0.04-0.09 (sd at 500 pairs, "
                "`label_budget.md`), so single differences below about 0.1 do not rank the strategies."]
     md += ["", "Timings were taken with other jobs sharing the 2 cores where the linked pages say so; they are lower bounds."]
-    (RESULTS / "summary.md").write_text("\n".join(md) + "\n")
+    write_markdown("summary", md)
     print("\n".join(md))
 
 

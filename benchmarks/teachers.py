@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import RESULTS, SHARED, environment, write_json, write_markdown  # noqa: E402
 from reranker.evaluation import evaluate  # noqa: E402
 from reranker.io.dataset import load_dataset  # noqa: E402
 from reranker.retrieval import build_index  # noqa: E402
@@ -47,13 +45,13 @@ SLOW = {"llama-cpp"}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--teachers", default="bm25,bi-encoder,ensemble,llama-cpp")
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--sample", type=int, default=40, help="queries for the slow (LLM) teachers")
     ap.add_argument("--gen-passages", type=int, default=100, help="passages for the query-generation table")
     ap.add_argument("--generators", default="extractive,llama-cpp")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
     ds = load_dataset(args.shared / "datasets" / "beir" / "scifact.zip")
@@ -100,11 +98,10 @@ def main() -> None:
                          "examples": [{"doc_id": s.doc_id, "query": s.text} for s in res.queries[:5]]})
         print(json.dumps(gen_rows[-1]["stats"]), flush=True)
 
-    env = {"cores": os.cpu_count(), "python": platform.python_version(),
-           **{p: version(p) for p in ("torch", "sentence-transformers", "bm25s")}}
+    env = environment("torch", "sentence-transformers", "bm25s")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "teachers.json").write_text(json.dumps({"teachers": rows, "generation": gen_rows, "env": env,
-                                                         "depth": args.depth, "sample": sample}, indent=2) + "\n")
+    write_json("teachers", {"teachers": rows, "generation": gen_rows, "env": env,
+                                                         "depth": args.depth, "sample": sample}, args.out)
     md = [
         "# Offline teachers on SciFact",
         "",
@@ -133,7 +130,7 @@ def main() -> None:
     md += ["", "Examples (first kept queries):", ""]
     for g in gen_rows:
         md += [f"- {g['generator']}: " + "; ".join(f"\"{e['query']}\"" for e in g["examples"][:3])]
-    (args.out / "teachers.md").write_text("\n".join(md) + "\n")
+    write_markdown("teachers", md, args.out)
     print("\n".join(md))
 
 

@@ -81,7 +81,7 @@ TEACHERS = Registry("teacher", {
     "bm25": BackendSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
     "bi-encoder": BackendSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
     "cross-encoder": BackendSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
-    "hf": BackendSpec("teacher.backends.hf_teacher", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
+    "hf": BackendSpec("teacher.backends.hf", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),
     "llama-cpp": BackendSpec("teacher.backends.llama_cpp", "LlamaCppTeacher", "gguf", "GGUF model on CPU with llama-cpp-python"),
     "openai": BackendSpec("teacher.backends.openai_api", "OpenAITeacher", "openai", "any OpenAI-compatible server, via logprobs"),
     "vllm": BackendSpec("teacher.backends.vllm_engine", "VLLMTeacher", "vllm", "vLLM offline engine on GPUs"),
@@ -131,7 +131,7 @@ class QueryGenerator(ABC):
 
 
 GENERATORS = Registry("query generator", {
-    "extractive": BackendSpec("teacher.generate", "ExtractiveGenerator", "core", "a sentence of the passage (inverse cloze task)"),
+    "extractive": BackendSpec("teacher.backends.extractive", "ExtractiveGenerator", "core", "a sentence of the passage (inverse cloze task)"),
     "hf": BackendSpec("teacher.backends.hf", "HFGenerator", "llm", "transformers causal LM"),
     "llama-cpp": BackendSpec("teacher.backends.llama_cpp", "LlamaCppGenerator", "gguf", "GGUF model on CPU"),
     "openai": BackendSpec("teacher.backends.openai_api", "OpenAIGenerator", "openai", "any OpenAI-compatible server"),

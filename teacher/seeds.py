@@ -97,21 +97,10 @@ def _rows_jsonl(path: Path, queries: dict[str, Query]):
 
 
 def _rows_qrels(path: Path):
-    name = str(path)
+    from reranker.io.trec import iter_judgement_lines
+
     with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) == 3:
-                if lineno == 1 and parts[0].lower() in ("query-id", "query_id", "qid"):
-                    continue  # the BEIR header
-                qid, doc, grade = parts
-            elif len(parts) == 4:
-                qid, _, doc, grade = parts
-            else:
-                raise DataFormatError(name, lineno, f"expected 'qid 0 docid grade' (TREC) or 'query-id corpus-id score' (BEIR), got {len(parts)} fields")
-            yield lineno, qid, doc, grade
+        yield from iter_judgement_lines(f, str(path))
 
 
 def read_seeds(path: str | Path, queries: Mapping[str, Query], corpus: Corpus, grade_max: int = 1) -> SeedSet:

@@ -3,7 +3,7 @@
 The loss is the binary cross-entropy between ``log P(yes) - log P(no)`` at the answer position
 (the answer variants pooled by log-sum-exp, exactly the teacher's score at temperature 1) and
 the seed target ``grade / G``. Prompts are rendered, truncated and tokenised by the teacher's
-own :meth:`~teacher.backends.hf_teacher.HFTeacher.answer_logprobs`, so the adapter is trained
+own :meth:`~teacher.backends.hf.HFTeacher.answer_logprobs`, so the adapter is trained
 on what it will score. The result is a peft adapter folder (``adapter_config.json``, weights,
 and ``tune.json`` with the settings and losses) that the ``hf`` teacher loads with
 ``-p adapter=DIR`` and the ``vllm`` teacher with ``adapter=DIR`` (``enable_lora``).
@@ -85,7 +85,7 @@ def tune_teacher(
         from peft import LoraConfig, get_peft_model
     except ImportError as exc:
         raise MissingDependencyError("teacher tuning", "llm", exc) from exc
-    from .backends.hf_teacher import HFTeacher
+    from .backends.hf import HFTeacher
 
     cfg = config or TuneConfig()
     if len(pairs) != len(targets) or not pairs:

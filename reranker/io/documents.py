@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -169,11 +170,17 @@ def document_run(run: Run, corpus: Corpus | None = None) -> Run:
         return pid.rsplit(PASSAGE_SEP, 1)[0] if corpus is None else document_of(pid, corpus) or pid
 
     for qid, docs in run.items():
-        best: dict[str, float] = {}
-        for pid, score in docs.items():
-            doc = document(pid)
-            if doc not in best or score > best[doc]:
-                best[doc] = score
-        for doc, score in best.items():
+        for doc, score in best_per_key((document(pid), score) for pid, score in docs.items()).items():
             out.add(qid, doc, score)
     return out
+
+
+def best_per_key(scored: Iterable[tuple[Hashable, float]]) -> dict[Hashable, float]:
+    """MaxP (Dai & Callan 2019): each key (a document) with the best score of its items (its passages or windows),
+    in the order the keys first appear. The one fold from parts to wholes: passage runs into document runs, and the
+    server's long-document windows into document scores."""
+    best: dict[Hashable, float] = {}
+    for key, score in scored:
+        if key not in best or score > best[key]:
+            best[key] = score
+    return best

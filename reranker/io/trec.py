@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -61,14 +61,15 @@ def write_run(path: str | Path, run: Run, tag: str | None = None) -> None:
     tmp.replace(path)
 
 
-def read_qrels_stream(stream: IO[str], name: str) -> Qrels:
-    qrels = Qrels(name=Path(name).stem)
+def iter_judgement_lines(stream: IO[str], name: str) -> Iterator[tuple[int, str, str, str]]:
+    """``(line number, query id, doc id, grade text)`` of each judgement line: TREC qrels (``qid 0 docid grade``) or
+    BEIR TSV (``query-id corpus-id score``, whose header line is skipped); blank lines are skipped."""
     for lineno, line in enumerate(stream, start=1):
         parts = line.split()
         if not parts:
             continue
-        if len(parts) == 3:  # BEIR TSV: query-id corpus-id score, with a header line
-            if lineno == 1 and not _is_int(parts[2]):
+        if len(parts) == 3:  # BEIR TSV, with a header line
+            if lineno == 1 and (parts[0].lower() in HEADER_IDS or parts[2].lower() in HEADER_GRADES):
                 continue
             qid, docid, grade = parts
         elif len(parts) == 4:
@@ -77,16 +78,19 @@ def read_qrels_stream(stream: IO[str], name: str) -> Qrels:
             raise DataFormatError(
                 name, lineno, f"expected 'qid 0 docid grade' (TREC) or 'query-id corpus-id score' (BEIR), got {len(parts)} fields"
             )
+        yield lineno, qid, docid, grade
+
+
+def read_qrels_stream(stream: IO[str], name: str) -> Qrels:
+    qrels = Qrels(name=Path(name).stem)
+    for lineno, qid, docid, grade in iter_judgement_lines(stream, name):
         qrels.add(qid, docid, _number(grade, name, lineno, "relevance grade", int))
     return qrels
 
 
-def _is_int(value: str) -> bool:
-    try:
-        int(value)
-        return True
-    except ValueError:
-        return False
+#: the first and last column names a BEIR TSV header line may have ("query-id corpus-id score")
+HEADER_IDS = ("query-id", "query_id", "qid", "query")
+HEADER_GRADES = ("score", "relevance", "label", "grade")
 
 
 def read_qrels(path: str | Path) -> Qrels:

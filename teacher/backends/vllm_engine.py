@@ -16,19 +16,17 @@ carries ``LoRARequest("teacher", 1, DIR)``. With ``vllm serve``, pass
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 from reranker.errors import MissingDependencyError
 
-from ..base import Judgement, Pair, Teacher, TeacherError
-from ..llm import answer_strings, judgement_from_logprobs, logsumexp, truncate_words
-from ..prompts import load_prompt
+from ..base import Pair, TeacherError
+from ..llm import LLMTeacher, chat_prompt, pooled_answer_logprobs
 
 log = logging.getLogger(__name__)
 
 
-class VLLMTeacher(Teacher):
+class VLLMTeacher(LLMTeacher):
     name = "vllm"
 
     def __init__(
@@ -36,11 +34,7 @@ class VLLMTeacher(Teacher):
         max_model_len: int = 4096, max_doc_chars: int = 2000, top_logprobs: int = 20, gpu_memory_utilization: float = 0.9,
         adapter: str | None = None, max_lora_rank: int = 64,
     ):
-        super().__init__(model=model, prompt=prompt, temperature=temperature, max_model_len=max_model_len, max_doc_chars=max_doc_chars,
-                         adapter=adapter)
-        self.template = load_prompt(prompt)
-        self.prompt_version = self.template.key
-        self.answers = answer_strings(self.template)
+        super().__init__(prompt, temperature, max_doc_chars, model=model, max_model_len=max_model_len, adapter=adapter)
         self.engine_args = {"tensor_parallel_size": tensor_parallel_size, "max_model_len": max_model_len,
                                 "gpu_memory_utilization": gpu_memory_utilization, "max_logprobs": top_logprobs, "dtype": "bfloat16"}
         if adapter:
@@ -58,13 +52,11 @@ class VLLMTeacher(Teacher):
         self._llm = LLM(model=self.params["model"], **self.engine_args)
         self._tok = self._llm.get_tokenizer()
 
-    def _render(self, pair: Pair) -> str:
-        text = self.template.render(query=pair.query, document=truncate_words(pair.document, self.params["max_doc_chars"]))
-        if self.template.meta.get("chat") and getattr(self._tok, "chat_template", None):
-            return self._tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        return text
+    def render(self, pair: Pair) -> str:
+        text = super().render(pair)
+        return chat_prompt(self._tok, text) if self.template.meta.get("chat") and getattr(self._tok, "chat_template", None) else text
 
-    def score_batch(self, pairs: Sequence[Pair]) -> list[Judgement]:
+    def logprobs_batch(self, pairs: Sequence[Pair]) -> list[list[list[float]]]:
         from vllm import SamplingParams
 
         self.warm_up()
@@ -74,16 +66,11 @@ class VLLMTeacher(Teacher):
             from vllm.lora.request import LoRARequest
 
             lora = LoRARequest("teacher", 1, self.params["adapter"])
-        outputs = self._llm.generate([self._render(p) for p in pairs], params, use_tqdm=False, lora_request=lora)
-        judgements = []
-        for pair, out in zip(pairs, outputs):
-            steps = out.outputs[0].logprobs if out.outputs else None
+        outputs = self._llm.generate([self.render(p) for p in pairs], params, use_tqdm=False, lora_request=lora)
+        out = []
+        for pair, result in zip(pairs, outputs):
+            steps = result.outputs[0].logprobs if result.outputs else None
             if not steps:
                 raise TeacherError(f"vLLM returned no logprobs for pair ({pair.query_id}, {pair.doc_id})")
-            pooled: dict[str, list[float]] = {}
-            for entry in steps[0].values():
-                pooled.setdefault(entry.decoded_token, []).append(float(entry.logprob))
-            top = {tok: logsumexp(v) for tok, v in pooled.items()}
-            lps = [[top.get(v, -math.inf) for v in side] for side in self.answers]
-            judgements.append(judgement_from_logprobs(self.template, lps, self.params["temperature"]))
-        return judgements
+            out.append(pooled_answer_logprobs([(e.decoded_token, e.logprob) for e in steps[0].values()], self.answers))
+        return out

@@ -56,12 +56,15 @@ def runs(tmp_path_factory):
     kill_mid_labelling([str(EXE), "pipeline", "run", str(killed_cfg)], store, cwd=tmp)
     at_kill = labels_in(store)
     resumed = ok("pipeline", "run", killed_cfg, cwd=tmp)
-    return {"tmp": tmp, "whole": tmp / "whole", "killed": tmp / "killed", "at_kill": at_kill,
+    # the tests that only read the runs read these copies: the rerun scenario changes the live run folders
+    for name in ("whole", "killed"):
+        shutil.copytree(tmp / name, tmp / "snapshot" / name)
+    return {"tmp": tmp, "whole": tmp / "whole", "killed": tmp / "killed", "at_kill": at_kill, "snapshot": tmp / "snapshot",
             "whole_out": whole, "resumed_out": resumed}
 
 
 def test_a_killed_run_resumes_to_the_same_artifacts(runs):
-    a, b = runs["whole"], runs["killed"]
+    a, b = runs["snapshot"] / "whole", runs["snapshot"] / "killed"
     total = sum(1 for line in (a / "candidates.trec").read_text().splitlines() if line.strip())
     assert 30 <= runs["at_kill"] < total  # killed in the middle of labelling
     log = runs["resumed_out"].stderr
@@ -94,7 +97,7 @@ def test_a_killed_run_resumes_to_the_same_artifacts(runs):
         assert ma[run] == pytest.approx(mb[run], abs=0.02)
     assert set(ma) == {"bm25s", "student", "teacher", "cascade"}
     # the printed report ends with how to serve the model
-    assert f"reranker serve {a / 'onnx'}" in runs["whole_out"].stdout
+    assert f"reranker serve {runs['whole'] / 'onnx'}" in runs["whole_out"].stdout
     assert "| student |" in runs["whole_out"].stdout
 
 
@@ -109,28 +112,31 @@ def test_the_evaluation_writes_the_cascade_for_serve(runs, tmp_path, monkeypatch
     assert "cascade.yaml" in entry["outputs"]  # an edited or deleted file reruns the evaluation
 
 
-def test_every_stage_is_recorded_and_an_unchanged_rerun_skips_them(runs):
-    a = runs["whole"]
+def test_reruns_skip_what_is_current_and_follow_changed_inputs(runs):
+    """One scenario on the live run, in this order (each step's expectation depends on the steps before it, so they
+    are one test, not several that share state): an unchanged rerun skips every stage; --from reruns that stage and
+    the later ones; a changed output reruns its stage; new feedback reruns the loop and promotes a new version."""
+    tmp, a = runs["tmp"], runs["whole"]
     manifest = json.loads((a / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["queries", "candidates", "labels", "distill", "export", "evaluate", "promote"]
     for name, entry in manifest["stages"].items():
         assert entry["status"] == "done" and entry["seconds"] >= 0 and entry["outputs"], name
     assert manifest["config"]["distill"]["max_steps"] == 12 and "torch" in manifest["versions"]
     assert (a / "pipeline.log").read_text().count("labelled") >= 1
-    again = ok("pipeline", "run", runs["tmp"] / "whole.yaml", cwd=runs["tmp"])
+    again = ok("pipeline", "run", tmp / "whole.yaml", cwd=tmp)
     assert again.stderr.count("up to date, skipped") == 7, again.stderr
     assert json.loads((a / "manifest.json").read_text())["stages"] == manifest["stages"]
     # --from reruns that stage and the later ones only
-    part = ok("pipeline", "run", runs["tmp"] / "whole.yaml", "--from", "evaluate", cwd=runs["tmp"])
+    part = ok("pipeline", "run", tmp / "whole.yaml", "--from", "evaluate", cwd=tmp)
     assert part.stderr.count("up to date, skipped") == 5 and "evaluate: running" in part.stderr
-    # a changed output file is noticed: the stage runs again
-    (a / "dev.jsonl").write_text((a / "dev.jsonl").read_text() + "\n")
-    rerun = ok("pipeline", "run", runs["tmp"] / "whole.yaml", cwd=runs["tmp"])
-    assert "labels: running" in rerun.stderr and "queries: up to date, skipped" in rerun.stderr
+    # a changed output file is noticed: its stage runs again, the earlier ones stay skipped
+    (a / "promotion.json").write_text((a / "promotion.json").read_text() + "\n")
+    rerun = ok("pipeline", "run", tmp / "whole.yaml", cwd=tmp)
+    assert "promote: running" in rerun.stderr and rerun.stderr.count("up to date, skipped") == 6, rerun.stderr
 
-
-def test_feedback_reruns_the_loop_and_versions_stay_loadable(runs):
-    tmp, a = runs["tmp"], runs["whole"]
+    # new feedback is a new input: the loop reruns and a new version is promoted or kept beside the current one
+    models = tmp / "models"
+    before = sorted(p.name for p in models.glob("v*"))
     group = json.loads((a / "groups.jsonl").read_text().splitlines()[0])
     worst = group["candidates"][-1]
     ok("feedback", "add", "--file", tmp / "feedback.jsonl", "--query", group["query"], "--doc-id", worst["doc_id"],
@@ -138,15 +144,14 @@ def test_feedback_reruns_the_loop_and_versions_stay_loadable(runs):
     assert user_error("feedback", "add", "--file", tmp / "feedback.jsonl", "--query", "q", "--doc-id", "d", "--label", 2,
                       match="outside [0, 1]")
     res = ok("pipeline", "run", tmp / "whole.yaml", cwd=tmp)
-    assert "queries: running" in res.stderr  # new feedback is a new input
+    assert "queries: running" in res.stderr
     labels = json.loads((a / "manifest.json").read_text())["stages"]["labels"]["metrics"]
     assert labels["feedback_labels"] >= 1
     fb_groups = [json.loads(line) for line in (a / "groups.jsonl").read_text().splitlines()]
     judged = [c["label"] for g in fb_groups for c in g["candidates"] if c["doc_id"] == worst["doc_id"] and g["query"] == group["query"]]
     assert judged == [1.0]
-    models = tmp / "models"
     versions = sorted(p.name for p in models.glob("v*"))
-    assert len(versions) >= 2 and (models / "CURRENT").read_text().strip() in versions
+    assert len(versions) == len(before) + 1 and (models / "CURRENT").read_text().strip() in versions
     decision = json.loads((a / "promotion.json").read_text())
     assert decision["previous"] is not None and 0.0 <= decision["p_value"] <= 1.0
     for v in versions:  # every version stays loadable, whatever the gate decided
@@ -220,8 +225,8 @@ def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path)
     cfg = PipelineConfig(**data)
     assert cfg.export.precisions == ["auto"] and cfg.export.serve == "auto" and cfg.export.max_ndcg_drop == 0.005
     ctx = Context(cfg, tmp_path / "auto", tmp_path)
-    shutil.copytree(runs["whole"] / "student" / "model", ctx.path("student", "model"))
-    shutil.copyfile(runs["whole"] / "dev.jsonl", ctx.path("dev.jsonl"))
+    shutil.copytree(runs["snapshot"] / "whole" / "student" / "model", ctx.path("student", "model"))
+    shutil.copyfile(runs["snapshot"] / "whole" / "dev.jsonl", ctx.path("dev.jsonl"))
     choice = stage_export(ctx)["choice"]
     assert "dev.jsonl (labelled groups" in choice["sample"] and "no judgements" in choice["measured_against"]
     assert choice["max_ndcg_drop"] == 0.005 and len(choice["candidates"]) >= 1

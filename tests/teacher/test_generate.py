@@ -15,9 +15,9 @@ from reranker.errors import DataFormatError, RerankerError
 from reranker.io.documents import read_documents
 from reranker.records import Corpus, Document
 from reranker.retrieval import build_index
+from teacher.backends.extractive import ExtractiveGenerator, split_sentences
 from teacher.base import Generated, QueryGenerator, TeacherError, make_generator
 from teacher.generate import (
-    ExtractiveGenerator,
     FilterConfig,
     SeedPair,
     SyntheticQuery,
@@ -28,7 +28,6 @@ from teacher.generate import (
     positives,
     query_id,
     read_synthetic,
-    split_sentences,
     write_synthetic,
 )
 from teacher.prompts import load_prompt
