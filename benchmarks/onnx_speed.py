@@ -369,8 +369,6 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
                "is sentence-transformers' own optimum export (fp32, not fused) of the cross-encoder checkpoint, made before "
                "the timed run (not in its load s); its size is that file's. Like the torch-backend row, its scores are "
                "sigmoid(logit)" + (f"; largest |difference| from the torch-backend row's scores: {diff:.1e}." if diff is not None else "."))]
-    md += ["", ("T5's ONNX fp32 file is larger than its checkpoint: the checkpoint stores the tied input embedding and "
-           "output projection once, the graph holds both.")]
     shared = (" The CPU was shared with another job during this run (load average above the core count): absolute pairs/s "
               "are below an idle machine's and the ratios carry noise." if load[1] > (os.cpu_count() or 1) else "")
     md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).{shared}", "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,7 +23,6 @@ from helpers import (
     direct,
     metric,
     running,
-    save_tiny_ce,
     tiny_t5_tokenizer,
     wait_for,
 )
@@ -58,29 +56,10 @@ class Slow:
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
-@pytest.fixture(scope="module")
-def ce_folder(tmp_path_factory) -> Path:
-    return save_tiny_ce(tmp_path_factory.mktemp("ce"))
-
-
-@pytest.fixture(scope="module")
-def reference(ce_folder):
-    """The served folder loaded directly: what the server's scores must equal."""
-    return load_model(ce_folder)
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def server(ce_folder) -> Iterator[str]:
     with running(create_app(str(ce_folder), ServerSettings(**SETTINGS))) as url:
         yield url
-
-
 
 
 # --- the rerank endpoints ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from helpers import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, save_tiny_ce, wait_for
+from helpers import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, wait_for
 
 from reranker.scoring import load_model, sigmoid
 from reranker.server.app import create_app
@@ -20,16 +20,6 @@ from reranker.server.client import RerankAPIError, RerankClient
 from reranker.server.settings import ServerSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ce_folder(tmp_path_factory):
-    return save_tiny_ce(tmp_path_factory.mktemp("ce"))
-
-
-@pytest.fixture(scope="module")
-def reference(ce_folder):
-    return load_model(ce_folder)
 
 
 @pytest.fixture(scope="module")

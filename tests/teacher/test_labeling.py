@@ -106,10 +106,6 @@ def _rows(path: Path) -> dict:
         return {(q, d): (s, lab) for q, d, s, lab in con.execute("SELECT query_id, doc_id, score, label FROM labels")}
 
 
-
-
-
-
 def test_label_cli_killed_mid_run_resumes_to_the_same_labels(tmp_path):
     """kill -9 in the middle of `reranker label`, rerun: the same labels as an uninterrupted run."""
     queries = tmp_path / "queries.jsonl"
