@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TINY_DOCS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TESTS = Path(__file__).resolve().parent
@@ -60,14 +61,6 @@ def trec_dl(shared: Path) -> Path:
     return folder
 
 
-TINY_DOCS = [
-    {"_id": "d1", "title": "Solar power", "text": "Photovoltaic panels turn sunlight into electricity."},
-    {"_id": "d2", "title": "Wind power", "text": "Wind turbines convert kinetic energy of air into electricity."},
-    {"_id": "d3", "title": "Coal", "text": "Burning coal releases carbon dioxide."},
-    {"_id": "d4", "title": "Batteries", "text": "Lithium-ion batteries store energy for later use."},
-    {"_id": "d5", "title": "Hydro", "text": "Dams use falling water to drive generators."},
-    {"_id": "d6", "title": "Nuclear", "text": "Fission of uranium releases heat that makes steam."},
-]
 TINY_QUERIES = [
     {"_id": "q1", "text": "how do solar panels work"},
     {"_id": "q2", "text": "energy storage"},

@@ -27,6 +27,16 @@ from student.models import CrossEncoderStudent
 #: the repository root
 REPO = Path(__file__).resolve().parents[1]
 
+#: the documents of the tiny BEIR folder (conftest's ``tiny_beir``)
+TINY_DOCS = [
+    {"_id": "d1", "title": "Solar power", "text": "Photovoltaic panels turn sunlight into electricity."},
+    {"_id": "d2", "title": "Wind power", "text": "Wind turbines convert kinetic energy of air into electricity."},
+    {"_id": "d3", "title": "Coal", "text": "Burning coal releases carbon dioxide."},
+    {"_id": "d4", "title": "Batteries", "text": "Lithium-ion batteries store energy for later use."},
+    {"_id": "d5", "title": "Hydro", "text": "Dams use falling water to drive generators."},
+    {"_id": "d6", "title": "Nuclear", "text": "Fission of uranium releases heat that makes steam."},
+]
+
 
 EXE = Path(sys.executable).with_name("reranker")
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_DOCS
+from helpers import TINY_DOCS
 
 from reranker.errors import MissingDependencyError, RerankerError
 from reranker.records import Corpus, Document

@@ -8,8 +8,7 @@ import string
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DOCS
-from helpers import REPO
+from helpers import REPO, TINY_DOCS
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.io.documents import read_documents
