@@ -135,7 +135,9 @@ def per_document(order: Sequence[tuple[str, CascadeStage, float]], corpus: Corpu
 
     A passage knows its document from its metadata (``doc_id``, set when a folder of documents is
     split into passages); for a corpus of whole documents the passage id is ``None``. The result is
-    the order of :func:`reranker.io.documents.document_run` over the cascade's run (best passage wins).
+    the order of :func:`reranker.io.documents.document_run` over the cascade's run (best passage wins). The fold
+    goes by rank, not by score as :func:`reranker.io.documents.best_per_key` does: the teacher's picks and the
+    student's rest carry scores on two scales, and only their places compare.
     """
     seen: set[str] = set()
     out = []
