@@ -30,11 +30,22 @@ def write_json(name: str, data, out: Path = RESULTS, transform=None) -> Path:
     return path
 
 
+#: A page's hand-written section: everything from this heading on, written after the runs.
+READING = "## Reading"
+
+
 def write_markdown(name: str, lines: list[str], out: Path = RESULTS) -> Path:
-    """``out/<name>.md`` from its lines."""
+    """``out/<name>.md`` from its lines. A ``## Reading`` section written by hand into the page before (text about
+    the figures, not made by the script) is kept at the end, so that a rerun or a ``--report-only`` does not lose
+    it; a script whose own lines hold that heading replaces it."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
+    kept: list[str] = []
+    if path.is_file() and not any(line.startswith(READING) for line in lines):
+        old = path.read_text().splitlines()
+        start = next((i for i, line in enumerate(old) if line.startswith(READING)), None)
+        kept = [""] + old[start:] if start is not None else []
+    path.write_text("\n".join([*lines, *kept]).rstrip("\n") + "\n")
     return path
 
 

@@ -79,3 +79,17 @@ def test_cli_compares_the_committed_file_with_the_working_tree(tmp_path):
     assert bad.returncode == 1 and "nll" in bad.stderr
     report = (repo / "benchmarks" / "results" / "reproduction.md").read_text()
     assert report.count("## demo") == 2 and "**moved**" in report
+
+
+def test_a_pages_hand_written_reading_survives_a_rerun(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    common.write_markdown("page", ["# Page", "", "| a | 0.70 |"], out=tmp_path)
+    assert (tmp_path / "page.md").read_text() == "# Page\n\n| a | 0.70 |\n"
+    with (tmp_path / "page.md").open("a") as f:
+        f.write("\n## Reading (written after the runs)\n\n- a beats b.\n")
+    common.write_markdown("page", ["# Page", "", "| a | 0.71 |"], out=tmp_path)
+    assert (tmp_path / "page.md").read_text() == "# Page\n\n| a | 0.71 |\n\n## Reading (written after the runs)\n\n- a beats b.\n"
+    common.write_markdown("page", ["# Page", "", "## Reading", "", "- made by the script"], out=tmp_path)
+    assert (tmp_path / "page.md").read_text() == "# Page\n\n## Reading\n\n- made by the script\n"
