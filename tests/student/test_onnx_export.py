@@ -121,7 +121,11 @@ def test_int8_is_smaller_and_ranks_close(exported, kind):
     pairs = PAIRS + MORE
     got, ref = int8.score(pairs), student.score(pairs)
     assert not np.array_equal(got, ref)  # really a different (quantised) graph
-    np.testing.assert_allclose(got, ref, rtol=0, atol=0.1 * max(1.0, np.abs(ref).max()))
+    # a random tiny model's score is a small difference of two large logits (T5: spread ~0.4, int8 error ~0.1) or
+    # a near-zero logit (BERT: spread ~1e-4): int8's error is judged against the spread of the scores (the same order
+    # of pairs, errors well inside the spread), with a floor of 0.01 for scores that are all near zero
+    assert np.corrcoef(got, ref)[0, 1] >= 0.8
+    assert np.abs(got - ref).mean() <= max(0.01, 0.5 * ref.std())
     assert m.models["int8"].parity.top10_agreement >= 0.5
 
 
