@@ -124,7 +124,8 @@ def main() -> None:
     rows_q, rows_s, rows_c = quality_rows(), speed_rows(), cost_rows()
     plot(rows_q, rows_s, rows_c)
     md = ["# Benchmark summary", "", ("Made by `python benchmarks/summary.py` from the committed results in this folder; "
-          "each figure links to the page (and command) that measured it. All on this project's 2-core CPU machine."), "",
+          "each figure links to the page (and command) that measured it. All on this project's 2-core CPU machine, except "
+          "the teacher ladder's training (a GPU lent for it; its page says which)."), "",
           "## Quality (nDCG@10; `distill_scifact.md`, `student_curve.md`, `pipeline_corpora.md`, `dl19_quality.md`)", "", "![quality](quality.png)", "",
           "| data | run | nDCG@10 |", "|---|---|---:|"]
     md += [f"| {d} | {r} | {v:.4f} |" for d, r, v in rows_q]
@@ -134,6 +135,20 @@ def main() -> None:
     md += ["", "## Cost (per hour of this CPU; `teachers.md`, `distill_scifact.md`)", "", "![cost](cost.png)", "",
            "| what | per hour | unit |", "|---|---:|---|"]
     md += [f"| {n} | {v:,.0f} | {u} |" for n, v, u in rows_c]
+    ladder = load("teacher_ladder")
+    if ladder:
+        md += ["", "## Teacher ladder (capacity experiment with human labels; `teacher_ladder.md`)", "",
+               "SciFact train queries labelled by the ensemble blended with the train qrels at weight alpha; students re-rank "
+               f"bm25s's top 30 of the 300 test queries (BM25 {ladder['bm25_test_ndcg']:.4f}); mean ± sd over seeds; kept by dev KL. "
+               f"Trained on {ladder.get('device') or 'the machine the page names'}.", "", "![teacher ladder](teacher_ladder.png)", "",
+               "| design | alpha | teacher (held-out train q) | fitted start | student (kept) | seeds |", "|---|---:|---:|---:|---:|---:|"]
+        for key, r in ladder["summary"].items():
+            if "/selection" in key:
+                continue
+            design, alpha = key.rsplit("/a", 1)
+            kept = r["kept"]
+            sd = f" ± {statistics.stdev(kept):.4f}" if len(kept) > 1 else ""
+            md.append(f"| {design} | {alpha} | {r['teacher']:.4f} | {statistics.mean(r['start']):.4f} | {statistics.mean(kept):.4f}{sd} | {len(kept)} |")
     budget = load("label_budget")
     if budget:
         md += ["", "## Label budget (student nDCG@10 against teacher-labelled pairs; `label_budget.md`)", "",
@@ -141,7 +156,9 @@ def main() -> None:
                "|---|" + "---:|" * len(budget["budgets"])]
         md += [f"| {name} | " + " | ".join(f"{p['ndcg@10']:.4f}" for p in points) + " |" for name, points in budget["curve"].items()]
         md += ["", "One student per point: a student's training seed alone moves these by 0.04-0.09 (sd at 500 pairs, "
-               "`label_budget.md`), so single differences below about 0.1 do not rank the strategies."]
+               "`label_budget.md`), so single differences below about 0.1 do not rank the strategies. **Stale:** measured on "
+               "the students before the hybrid head (a plain classifier head, 2026-11); not re-measured on the current "
+               "recipe, whose fitted start already ranks above these figures."]
     md += ["", "Timings were taken with other jobs sharing the 2 cores where the linked pages say so; they are lower bounds."]
     write_markdown("summary", md)
     print("\n".join(md))

@@ -27,6 +27,7 @@ import math
 import random
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -219,8 +220,13 @@ def evaluate_groups(student, groups, batch_size: int = 32, qrels=None, temperatu
     return out
 
 
-def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the distillation ``cfg`` describes; returns a summary (also in OUTPUT/summary.json)."""
+def distill(cfg: DistillConfig, progress: bool = True, on_evaluate: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+    """Run the distillation ``cfg`` describes; returns a summary (also in OUTPUT/summary.json).
+
+    ``on_evaluate(step, student)``, when given, is called with the unwrapped student (in eval mode)
+    before the first step of a new run and at every evaluation point (each ``eval_every`` steps and
+    the last step), with or without a dev set: benchmarks measure the student along training with it.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -256,7 +262,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     # process/device state is kept, so DDP is untouched)
     AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", gradient_accumulation_steps=cfg.grad_accum)
-    student = build_student(cfg)
+    student = build_student(cfg).to(acc.device)  # the head is fitted where the student trains (a GPU when there is one)
     out = Path(cfg.output_dir)
     ckpt = out / "checkpoint"
     head_init = None
@@ -299,6 +305,14 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
     stream = batches()
     for _ in range(state["step"] * cfg.grad_accum):  # skip what a resumed run already saw
         next(stream)
+    def observe() -> None:
+        if on_evaluate is not None:
+            model.eval()
+            on_evaluate(state["step"], unwrapped)
+            model.train()
+
+    if state["step"] == 0:
+        observe()
     if dev_groups and state["step"] == 0:  # the untrained student's agreement: what training must beat
         model.eval()
         state["initial_metrics"] = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels, temperature=cfg.temperature)
@@ -334,6 +348,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if state["step"] % cfg.eval_every == 0 or state["step"] == end:  # checkpoint; evaluate on the schedule's points only
+            if state["step"] % cfg.eval_every == 0 or state["step"] == total:
+                observe()
             if dev_groups and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 model.eval()
                 metrics = evaluate_groups(unwrapped, dev_groups, qrels=dev_qrels, temperature=cfg.temperature)

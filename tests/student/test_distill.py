@@ -275,3 +275,22 @@ def test_a_checkpoint_that_selected_on_teacher_ndcg_resumes_with_selection_anew(
     state_file.write_text(json.dumps(state))
     summary = distill(load_config(**options("cross-encoder", groups, tokenizers, out, **opts)), progress=False)
     assert summary["best_step"] == 4 and "teacher_kl" in summary["best_metrics"]
+
+
+def test_on_evaluate_sees_the_student_at_the_start_and_at_every_evaluation_point(groups, tokenizers, tmp_path):
+    """Benchmarks measure a student along training through ``on_evaluate``: it is called at step 0 (after the head
+    fit) and at each evaluation point, with the student in eval mode, whose scores change as it trains; a run
+    without a dev set calls it too."""
+    seen = []
+
+    def probe(step, student):
+        assert not student.training
+        seen.append((step, student.score([("solar panels", "solar panels convert store work")])[0]))
+
+    train, _ = groups
+    opts = options("cross-encoder", groups, tokenizers, tmp_path / "w", head="hybrid", max_steps=5, eval_every=2)
+    opts.pop("dev")
+    summary = distill(load_config(**opts), progress=False, on_evaluate=probe)
+    assert [s for s, _ in seen] == [0, 2, 4, 5]
+    assert summary["steps"] == 5
+    assert len({round(float(v), 6) for _, v in seen}) > 1  # the probe saw the weights move
