@@ -94,8 +94,10 @@ def report(args) -> None:
     from teacher_ladder import load_stored
 
     runs, store = load_stored([src])
-    meta = {"runs": runs, "device": next((json.loads(m.read_text()).get("device") for m in src.glob("ladder-*.json")
-                                          if m.name != "ladder-data.json"), None)}
+    by_design: dict[str, set] = {}
+    for r in runs.values():
+        by_design.setdefault(r["design"], set()).add(r.get("device") or "?")
+    meta = {"runs": runs, "device": "; ".join(f"{d} on {', '.join(sorted(v))}" for d, v in sorted(by_design.items()))}
     test_qrels = load_beir(args.scifact, "test").qrels
     test_groups = [(q["qid"], np.array([test_qrels.get(q["qid"], {}).get(d, 0) for d in q["docs"]], dtype=float)) for q in data["test"]]
     judged = {q for q, g in test_groups if q in test_qrels}
@@ -167,7 +169,7 @@ def _write_tables(table, teacher_quality, bm25_pq, judged, meta, args):
     bm25 = sum(bm25_pq.get(q, 0.0) for q in judged) / len(judged)
     lines = [
         "# Teacher ladder on SciFact: does the student follow a stronger teacher up? (capacity experiment: human labels)", "",
-        f"Made by `python benchmarks/teacher_ladder.py prepare`, `... train` (on {meta.get('device')}) and `... report` "
+        f"Made by `python benchmarks/teacher_ladder.py prepare`, `... label`, `... train` ({meta.get('device')}) and `... report` "
         f"on {time.strftime('%Y-%m-%d')}. Teachers label SciFact's **train** queries (bm25s top {POOL} each; 10% held out as the "
         "dev set): the offline ensemble (BM25 + all-MiniLM-L6-v2) blended with the train split's human qrels at weight alpha "
         "(`(1 - alpha) * ensemble + alpha * (4 * grade - 2)`). **These rungs use human labels; the product's defaults do not.** "
@@ -196,10 +198,14 @@ def _write_tables(table, teacher_quality, bm25_pq, judged, meta, args):
             # the seeds together: each query's nDCG@10 averaged over the seeds, then one paired test
             pooled = lambda runs: {q: statistics.mean(r[q] for r in runs) for q in runs[0]}  # noqa: E731
             kept_pq = pooled([t["kept"][DEFAULT_CRITERION]["per_query"] for t in ts])
-            p_start.append(_paired_p(kept_pq, pooled([t["points"][0]["per_query"] for t in ts])))
-            if alpha != 0.0 and zero:
+            if len(ts) > 1:
+                p_start.append(_paired_p(kept_pq, pooled([t["points"][0]["per_query"] for t in ts])))
+            if alpha != 0.0 and len(zero) > 1:
                 p_zero.append(_paired_p(kept_pq, pooled([z["kept"][DEFAULT_CRITERION]["per_query"] for z in zero.values()])))
-            fmt = lambda ps: (", ".join(f"{p:.2g}" for p in ps[:-1]) + f"; seeds pooled {ps[-1]:.2g}") if len(ps) > 1 else "-"  # noqa: E731
+            def fmt(ps: list[float], n: int = len(ts)) -> str:
+                if not ps:
+                    return "-"
+                return ", ".join(f"{p:.2g}" for p in ps[:n]) + (f"; seeds pooled {ps[n]:.2g}" if len(ps) > n else "")
             lines.append(f"| {design} | {alpha} | {teacher_quality[alpha]:.4f} | {len(ts)} | {_mean_sd(start)} | {_mean_sd(kept)} | "
                          f"{_mean_sd(kept_nd)} | {_mean_sd(last)} | {fmt(p_start)} | {fmt(p_zero)} |")
             summary[f"{design}/a{alpha}"] = {"teacher": teacher_quality[alpha], "start": start, "kept": kept, "kept_teacher_ndcg": kept_nd,

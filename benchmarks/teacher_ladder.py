@@ -280,7 +280,8 @@ def load_stored(folders: list[Path]) -> tuple[dict, dict]:
         for meta in sorted(Path(folder).glob("ladder-*.json")):
             if meta.name == "ladder-data.json":
                 continue
-            runs.update(json.loads(meta.read_text())["runs"])
+            stored = json.loads(meta.read_text())
+            runs.update({k: {"device": stored.get("device"), **v} for k, v in stored["runs"].items()})
             if meta.with_suffix(".npz").is_file():
                 store.update(dict(np.load(meta.with_suffix(".npz"))))
     return runs, store

@@ -26,8 +26,8 @@ import logging
 import math
 import random
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -305,6 +305,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_evaluate: Callable[[in
     stream = batches()
     for _ in range(state["step"] * cfg.grad_accum):  # skip what a resumed run already saw
         next(stream)
+
     def observe() -> None:
         if on_evaluate is not None:
             model.eval()
