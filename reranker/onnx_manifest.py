@@ -144,6 +144,8 @@ class OnnxManifest(BaseModel):
     tokenizer: TokenizerInfo
     models: dict[str, ModelFile]
     choice: PrecisionChoice | None = Field(None, description="`--precision auto`: the measured candidates and the chosen graph")
+    dropped: list[str] = Field(default_factory=list, description="parts of the student left out of the graph, each with why "
+                               "(a weight of zero, or an nDCG@10 change on the parity pairs within the export's bound)")
     source: str = Field(description="the student folder exported")
     created: str
     versions: dict[str, str]

@@ -72,6 +72,8 @@ INT8_METHODS = ("dynamic", "weight-only", "mixed")
 #: the precision name that measures the candidate graphs and keeps the fastest within the nDCG budget (student.precision)
 AUTO = "auto"
 WEIGHT_ONLY_BLOCK = 128
+#: a part of the student whose removal changes nDCG@10 on the parity pairs by at most this is left out of the graph
+DEFAULT_MAX_DROP_CHANGE = 0.001
 #: parity pairs also scored one at a time, to measure how far a score moves with the rest of its batch
 BATCH_PROBE_PAIRS = 32
 
@@ -92,13 +94,15 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
                    optimize: bool = True, opset: int = DEFAULT_OPSET, parity: ParitySample | None = None,
                    parity_sample: int = 128, tolerances: dict[str, Tolerance] | None = None,
                    triton_dir: str | Path | None = None, int8_method: str = "dynamic",
-                   max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None, timing_passes: int = 2) -> OnnxManifest:
+                   max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None, timing_passes: int = 2,
+                   max_drop_change: float = DEFAULT_MAX_DROP_CHANGE) -> OnnxManifest:
     """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there.
 
     ``precisions`` with ``auto``: both int8 methods are built and, with fp32, timed and ranked on the parity
     sample (``threads``: ONNX Runtime's intra-op threads; ``timing_passes`` timed passes after the parity check's, best
     kept); the fastest graph within ``max_ndcg_drop``
-    nDCG@10 of fp32 is the CPU default (the manifest's ``choice``), an int8 one is kept as the int8 model.
+    nDCG@10 of fp32 is the CPU default (the manifest's ``choice``), an int8 one is kept as the int8 model. Parts of
+    the student that do not count are left out of the graph first (:func:`drop_idle_parts`, the manifest's ``dropped``).
     """
     from .models import load_student
 
@@ -120,7 +124,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
                             "use fp32 (or int8 on CPU)")
     sample = parity or load_parity_sample(None, parity_sample)
     log.info("parity sample: %d pairs, %d queries (%s)", len(sample.pairs), sample.num_queries, sample.source)
-    reference = student.score(sample.pairs)
+    dropped = drop_idle_parts(student, sample, max_change=max_drop_change)
+    reference = student.score(sample.pairs)  # the served student: the graph is checked against it
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -131,6 +136,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         _torch_export(student, raw, inputs, opset)
         models: dict[str, ModelFile] = {}
         draft = _manifest(student, inputs, template, opset, models, model_dir)
+        draft.dropped = dropped
 
         loaded: dict[str, Any] = {}
         scored: dict[str, np.ndarray] = {}
@@ -206,6 +212,34 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         write_triton_repository(out_dir, triton_dir)
     log.info("exported %s student %s to %s (%s)", student.kind, model_dir, out_dir, ", ".join(models))
     return draft
+
+
+def drop_idle_parts(student: Any, sample: ParitySample, max_change: float = DEFAULT_MAX_DROP_CHANGE) -> list[str]:
+    """Leave out of the student what does not count, and say what and why (for the manifest).
+
+    A hybrid cross-encoder's joint (classifier) pass costs as much as the rest of the student; it is dropped when its
+    output layer is all zero (the recipe's fitted start, and what training at the backbone's rate leaves: the
+    teacher ladder, ``benchmarks/results/teacher_ladder.md``), or when scoring without it changes nDCG@10 on the
+    parity pairs by at most ``max_change`` either way (against the full student's own ranking, and against the
+    sample's judgements where it has them). The export's parity check then holds the graph to the student without it.
+    """
+    if getattr(student, "hybrid", None) is None or not student.joint:
+        return []
+    weight = student.joint_weight()
+    if weight == 0.0:
+        student.drop_joint_pass()
+        return ["joint cross-encoder pass: its classifier weights are all 0 (it adds exactly nothing to the score)"]
+    full = np.asarray(student.score(sample.pairs), np.float64)
+    student.drop_joint_pass()
+    _, fidelity, judged = ndcg_drop(np.asarray(student.score(sample.pairs), np.float64), sample, full)
+    changes = [abs(fidelity)] + ([] if judged is None else [abs(judged)])
+    if max(changes) > max_change:
+        student.joint = True
+        log.info("joint pass kept: without it nDCG@10 on the parity pairs changes by %.4f (bound %.4f)", max(changes), max_change)
+        return []
+    judged_text = "" if judged is None else f" and by {-judged:+.4f} on their judgements"
+    return [f"joint cross-encoder pass: largest classifier weight {weight:.3g}; without it nDCG@10 on the {len(sample.pairs)} "
+            f"parity pairs changes by {-fidelity:+.4f} against the full student's ranking{judged_text} (bound {max_change})"]
 
 
 def _int8_notes(method: str) -> list[str]:

@@ -251,6 +251,9 @@ class CrossEncoderStudent(Student):
             raise RerankerError(f"max_length {config.max_length} exceeds the model's {limit} positions; pass max_length={limit} or less")
         super().__init__(model, tokenizer, config)
         self.hybrid: HybridHead | None = None
+        #: False: the hybrid score without the joint (classifier) pass, whose cost is half the student's; set by
+        #: :meth:`drop_joint_pass` at export when the pass does not count (student.export)
+        self.joint = True
         #: True until the hybrid head is fitted or loaded (training fits a new head before its first step)
         self.head_is_new = True
         if config.head == "hybrid":
@@ -264,13 +267,29 @@ class CrossEncoderStudent(Student):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 query_terms: torch.Tensor | None = None, doc_terms: torch.Tensor | None = None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         if self.hybrid is None:
-            return logit
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float()
         if token_type_ids is None or query_terms is None or doc_terms is None:
             raise RerankerError("the hybrid head needs token_type_ids, query_terms and doc_terms (encode_pairs makes them)")
         hidden = self.separate_states(input_ids, attention_mask, token_type_ids)
-        return logit + self.hybrid(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
+        score = self.hybrid(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
+        if not self.joint:
+            return score
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float() + score
+
+    def joint_weight(self) -> float:
+        """The largest absolute weight (bias included) of the classifier's output layer: 0 means the joint pass adds
+        exactly nothing to the hybrid score (the recipe's fitted start, and what its training leaves)."""
+        classifier = self.model.classifier
+        out = classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+        parts = [out.weight] + ([out.bias] if out.bias is not None else [])
+        return float(max(p.detach().abs().max() for p in parts))
+
+    def drop_joint_pass(self) -> None:
+        """Score with the separated pass and the hybrid head alone (the joint pass is not run, nor exported)."""
+        if self.hybrid is None:
+            raise RerankerError("only a hybrid student has a joint pass to drop; its classifier logit is the whole score")
+        self.joint = False
 
     def separate_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the query and the document encoded apart, as the bi-encoder was trained.

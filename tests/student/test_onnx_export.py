@@ -315,6 +315,7 @@ def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
     with torch.no_grad():
         student.hybrid.idf.copy_(torch.rand(4096) * 4)
         student.hybrid.lex_weight.fill_(2.0)
+        student.model.classifier.weight.normal_(0, 30.0)  # a joint pass that counts: it stays in the graph (#25)
     src = student.save_pretrained(tmp_path / "student")
     export_student(src, tmp_path / "onnx", ["fp32", "int8"], parity=sample,
                    tolerances={"int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.5)})
@@ -328,7 +329,7 @@ def test_hybrid_head_exports_in_the_same_graph(tmp_path, sample):
         student.hybrid.lex_weight.fill_(0.0)
     assert np.abs(student.score(pairs) - ref).max() > 0.5  # the exported scores include the lexical term
     manifest = OnnxManifest.load(tmp_path / "onnx")
-    assert manifest.models["fp32"].parity.passed
+    assert manifest.models["fp32"].parity.passed and manifest.dropped == []
     assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms"]
 
 
@@ -343,3 +344,30 @@ def test_the_manifest_states_how_far_scores_move_with_their_batch(exported, kind
         export_student(exported[kind][1], tmp_path / "strict", ["fp32", "int8"], parity=sample,
                        tolerances={"int8": Tolerance(min_top10_agreement=0.0, max_batch_diff=1e-5)})
     assert not (tmp_path / "strict").exists()
+
+
+def test_a_joint_pass_that_does_not_count_is_left_out_of_the_graph(tmp_path, sample):
+    """#25: a hybrid student whose classifier weights are 0 (the recipe's fitted start) is exported without its joint
+    pass: the manifest says so, the graph is smaller and still scores exactly as the whole student does; a classifier
+    that moves the ranking keeps its pass."""
+    import onnx
+
+    torch.manual_seed(0)
+    student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8, head="hybrid",
+                                             lexical_buckets=4096).eval()
+    with torch.no_grad():
+        student.hybrid.idf.copy_(torch.rand(4096) * 4)
+        student.model.classifier.weight.zero_()
+        student.model.classifier.bias.zero_()
+    zero = export_student(student.save_pretrained(tmp_path / "zero"), tmp_path / "zero-onnx", ["fp32"], parity=sample, optimize=False)
+    assert len(zero.dropped) == 1 and "joint cross-encoder pass" in zero.dropped[0] and "all 0" in zero.dropped[0]
+    pairs = PAIRS + MORE
+    np.testing.assert_allclose(load_onnx(tmp_path / "zero-onnx", precision="fp32").score(pairs), student.score(pairs), rtol=0, atol=1e-4)
+    with torch.no_grad():
+        student.model.classifier.weight.normal_(0, 30.0)  # a joint logit that dominates the score
+    kept = export_student(student.save_pretrained(tmp_path / "kept"), tmp_path / "kept-onnx", ["fp32"], parity=sample, optimize=False)
+    assert kept.dropped == []
+    np.testing.assert_allclose(load_onnx(tmp_path / "kept-onnx", precision="fp32").score(pairs), student.score(pairs), rtol=0, atol=1e-3)
+    nodes = {name: len(onnx.load(str(tmp_path / name / kept.models["fp32"].file)).graph.node) for name in ("zero-onnx", "kept-onnx")}
+    assert nodes["zero-onnx"] < 0.75 * nodes["kept-onnx"]
+    assert OnnxManifest.load(tmp_path / "zero-onnx").dropped == zero.dropped  # the manifest on disk says it too
