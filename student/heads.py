@@ -155,8 +155,7 @@ def fit_hybrid_head(student: Any, groups: Sequence[Any], max_groups: int = 96, b
     with torch.no_grad():
         head.idf.copy_(torch.log1p((n - df + 0.5) / (df + 0.5)))
         head.avg_doc_len.fill_(max(avg_len, 1.0))
-        classifier = student.model.classifier
-        out = classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+        out = student.output_layer()
         out.weight.zero_()
         if out.bias is not None:
             out.bias.zero_()

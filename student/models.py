@@ -277,11 +277,15 @@ class CrossEncoderStudent(Student):
             return score
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits[:, 0].float() + score
 
+    def output_layer(self) -> nn.Linear:
+        """The classifier's last linear layer (BERT's ``classifier``, RoBERTa-style heads' ``classifier.out_proj``)."""
+        classifier = self.model.classifier
+        return classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+
     def joint_weight(self) -> float:
         """The largest absolute weight (bias included) of the classifier's output layer: 0 means the joint pass adds
         exactly nothing to the hybrid score (the recipe's fitted start, and what its training leaves)."""
-        classifier = self.model.classifier
-        out = classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+        out = self.output_layer()
         parts = [out.weight] + ([out.bias] if out.bias is not None else [])
         return float(max(p.detach().abs().max() for p in parts))
 
