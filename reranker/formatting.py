@@ -159,27 +159,78 @@ def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], 
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def truncate_queries(tokenizer: Any, queries: list[str], max_tokens: int) -> list[str]:
-    """Each query cut (as text, at a token's end offset) to about ``max_tokens`` tokens."""
-    enc = tokenizer(queries, add_special_tokens=False, return_offsets_mapping=True)
+def truncate_texts(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:
+    """Each text cut (as text, at a token's end offset) to at most ``max_tokens`` tokens (without special tokens):
+    tokenised again, the cut text gives the same first tokens."""
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for query, ids, offsets in zip(queries, enc["input_ids"], enc["offset_mapping"]):
-        out.append(query[: offsets[max_tokens - 1][1]] if len(ids) > max_tokens else query)
+    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+        out.append(text[: offsets[max_tokens - 1][1]] if len(ids) > max_tokens else text)
     return out
 
 
+#: the special tokens of a hybrid pair, ``[CLS] q [SEP] [CLS] d [SEP]``
+HYBRID_SPECIAL_TOKENS = 4
+
+
+def document_tokens(config: StudentConfig) -> int:
+    """Tokens of a document a hybrid student reads, whatever the query: ``max_length - query_max_length - 4``.
+
+    A fixed budget (not what the query leaves over) makes a passage's encoding independent of the query it is
+    paired with, so that it can be computed once and cached (:mod:`reranker.passage_cache`)."""
+    budget = config.max_length - config.query_max_length - HYBRID_SPECIAL_TOKENS
+    if budget < 1:
+        raise RerankerError(f"student config: max_length {config.max_length} leaves no room for a document after a query of "
+                            f"{config.query_max_length} tokens and the hybrid pair's {HYBRID_SPECIAL_TOKENS} special tokens")
+    return budget
+
+
 def _encode_cross(tokenizer: Any, config: StudentConfig, queries: list[str], documents: list[str]) -> dict[str, np.ndarray]:
-    queries = truncate_queries(tokenizer, queries, config.query_max_length)
+    queries = truncate_texts(tokenizer, queries, config.query_max_length)
     # hybrid: the document segment opens with its own [CLS], "[CLS] q [SEP] [CLS] d [SEP]": encoded apart from the
-    # query (student.heads), it then reads exactly as the bi-encoder read documents
+    # query (student.heads), it then reads exactly as the bi-encoder read documents; it is cut to a budget of its own
+    # (document_tokens), so that its states do not depend on the query (encode_segments gives the same tokens)
     if config.head == "hybrid" and tokenizer.cls_token is None:
         raise RerankerError("the hybrid head needs a tokenizer with a [CLS] token (BERT family)")
-    seconds = [f"{tokenizer.cls_token} {d}" for d in documents] if config.head == "hybrid" else documents
+    if config.head == "hybrid":
+        seconds = [f"{tokenizer.cls_token} {d}" for d in truncate_texts(tokenizer, documents, document_tokens(config))]
+    else:
+        seconds = documents
     enc = tokenizer(queries, seconds, truncation="only_second", max_length=config.max_length, padding=True, return_tensors="np")
     arrays = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     if config.head == "hybrid":
         # the lexical term matches stemmed words (reranker.lexical), as the first stage does: the query's first
         # query_max_length terms, the document's first max_length terms (the whole text, not only what fits in the pair)
-        arrays["query_terms"] = term_ids(queries, config.query_max_length, config.lexical_buckets, config.lexical_language)
-        arrays["doc_terms"] = term_ids(documents, config.max_length, config.lexical_buckets, config.lexical_language)
+        arrays["query_terms"] = _query_terms(config, queries)
+        arrays["doc_terms"] = _doc_terms(config, documents)
     return arrays
+
+
+def _query_terms(config: StudentConfig, queries: list[str]) -> np.ndarray:
+    return term_ids(queries, config.query_max_length, config.lexical_buckets, config.lexical_language)
+
+
+def _doc_terms(config: StudentConfig, documents: list[str]) -> np.ndarray:
+    return term_ids(documents, config.max_length, config.lexical_buckets, config.lexical_language)
+
+
+def encode_segments(tokenizer: Any, config: StudentConfig, texts: Sequence[str], side: str) -> dict[str, np.ndarray]:
+    """A hybrid student's inputs for texts encoded alone, ``side`` ``"query"`` or ``"document"``: ``input_ids`` and
+    ``attention_mask`` of ``[CLS] text [SEP]`` (right-padded), cut as :func:`encode_pairs` cuts that side of a pair,
+    and ``terms``, the side's term ids. A pair's separated states equal its two sides' states encoded alone."""
+    if config.head != "hybrid":
+        raise RerankerError("encode_segments: only a hybrid cross-encoder student encodes query and document apart")
+    texts = list(texts)
+    if not texts:
+        raise RerankerError("encode_segments: no texts to encode")
+    if side == "query":
+        cut = truncate_texts(tokenizer, texts, config.query_max_length)
+        terms = _query_terms(config, cut)
+    elif side == "document":
+        cut = truncate_texts(tokenizer, texts, document_tokens(config))
+        terms = _doc_terms(config, texts)
+    else:
+        raise RerankerError(f"encode_segments: side must be 'query' or 'document', got {side!r}")
+    enc = tokenizer(cut, padding=True, return_tensors="np")
+    return {"input_ids": np.asarray(enc["input_ids"], np.int64), "attention_mask": np.asarray(enc["attention_mask"], np.int64),
+            "terms": terms}

@@ -128,12 +128,29 @@ class TokenizerInfo(BaseModel):
     embedding_rows: int = Field(description="rows of the model's input embedding: token ids must stay below it")
 
 
+class ScoreGraph(BaseModel):
+    """A separated export's second graph: the score of (query vector, passage vector, query terms, passage terms)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+    bytes: int
+    inputs: list[str]
+    output: str = "score"
+
+
 class OnnxManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format_version: int = FORMAT_VERSION
     kind: Literal["t5", "cross-encoder"]
+    layout: Literal["pair", "separated"] = Field("pair", description="pair: one graph from a pair's token ids to its score; "
+                                                 "separated: the models are an encoder (one text's token ids to its pooled "
+                                                 "vector, passages cacheable) and score_graph scores vector pairs")
     inputs: list[str] = Field(description="graph inputs, int64 [batch, sequence]")
-    output: str = "score"
+    output: str = Field("score", description="the graph's output: the score (pair) or the pooled vector (separated)")
+    score_graph: ScoreGraph | None = Field(None, description="separated: the graph that scores (query, passage) vector pairs")
+    document_tokens: int | None = Field(None, description="separated: tokens of a passage encoded, whatever the query")
+    hidden_size: int | None = Field(None, description="separated: the pooled vector's size")
     opset: int
     template: str | None = Field(description="T5: the template file in this folder")
     max_length: int

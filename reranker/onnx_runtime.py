@@ -16,6 +16,7 @@ the manifest (vocabulary size, pad id, answer tokens): a mismatch is a :class:`R
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -27,11 +28,15 @@ import numpy as np
 from .errors import MissingDependencyError, RerankerError
 from .io.files import sha256
 from .onnx_manifest import OnnxManifest
+from .passage_cache import DEFAULT_CACHE_ENTRIES, PassageState, PassageStore, StateCache, text_key
 from .scoring import ONNX_MANIFEST, STUDENT_CONFIG, PairScoring
 
-__all__ = ["ONNX_MANIFEST", "OnnxScorer", "load_onnx", "resolve_providers"]
+__all__ = ["ONNX_MANIFEST", "OnnxScorer", "build_passage_store", "load_onnx", "resolve_providers"]
 
 log = logging.getLogger(__name__)
+
+#: pairs per run of a separated export's score graph
+SCORE_CHUNK = 1024
 
 PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -78,7 +83,8 @@ class OnnxScorer(PairScoring):
     """
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
-                 inter_op_threads: int | None = None, precision: str | None = None):
+                 inter_op_threads: int | None = None, precision: str | None = None, cache_entries: int = DEFAULT_CACHE_ENTRIES,
+                 passage_store: str | Path | None = None):
         from reranker.student_config import StudentConfig
 
         self.folder = Path(folder)
@@ -118,6 +124,17 @@ class OnnxScorer(PairScoring):
             raise RerankerError(f"{path}: the graph's inputs {names} are not the manifest's {manifest.inputs}")
         self._io_binding = "CUDAExecutionProvider" in self.providers[:1] or (
             self.providers[:1] == ["TensorrtExecutionProvider"] and "CUDAExecutionProvider" in self.providers)
+        self.separated = manifest.layout == "separated"
+        self.cache = StateCache(cache_entries if self.separated else 0)
+        self.store: PassageStore | None = None
+        if self.separated:
+            self._score_session, self.state_digest = self._score_graph(entry.sha256, intra_op_threads)
+            if passage_store is not None:
+                self.store = PassageStore.open(passage_store, self.state_digest, describe=self.describe())
+                log.info("passage states: %d passages from %s", len(self.store), passage_store)
+        elif passage_store is not None:
+            raise RerankerError(f"{self.folder}: a {manifest.layout}-layout export scores each pair in one graph and has no "
+                                "passage states to read; export a hybrid student with --layout separated (the default) to use them")
         log.info("ONNX %s scorer (%s) from %s on %s", self.kind, self.precision, self.folder, ", ".join(self.providers))
 
     # --- loading ------------------------------------------------------------------------
@@ -183,6 +200,34 @@ class OnnxScorer(PairScoring):
             raise RerankerError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:300]}); "
                                 "the file is corrupt or not an export of this project") from None
 
+    def _score_graph(self, encoder_sha256: str, threads: int | None) -> tuple[Any, str]:
+        """The separated layout's score graph (checked like the encoder; CPU: a few element-wise operations) and the
+        digest passage states are valid for: both graphs' SHA-256 and the formatting that made the inputs."""
+        graph = self.manifest.score_graph
+        if graph is None or self.manifest.document_tokens is None or self.manifest.hidden_size is None:
+            raise RerankerError(f"{self.folder / ONNX_MANIFEST}: a separated export without its score graph, document_tokens or "
+                                "hidden_size; export the model again")
+        path = self.folder / graph.file
+        if not path.is_file():
+            raise RerankerError(f"{path}: missing; the manifest lists it as the score graph")
+        digest = sha256(path)
+        if digest != graph.sha256:
+            raise RerankerError(f"{path}: checksum mismatch (sha256 {digest[:12]}…, manifest {graph.sha256[:12]}…): "
+                                "the file is corrupt or was replaced; export the model again")
+        session = self._session(path, ["CPUExecutionProvider"], threads, None)
+        c = self.config
+        parts = [encoder_sha256, graph.sha256, str(self.manifest.document_tokens), str(c.max_length), str(c.lexical_buckets),
+                 c.lexical_language, str(len(self.tokenizer))]
+        return session, hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def describe(self) -> str:
+        return f"{self.folder.resolve()}, {self.precision}"
+
+    def cache_stats(self) -> dict[str, int]:
+        """The in-memory passage cache's ``hits``, ``misses``, ``entries``, ``capacity`` and ``bytes`` (all 0 for a
+        pair-layout export, which has none), and ``stored``: passages in the on-disk store."""
+        return {**self.cache.stats(), "stored": len(self.store) if self.store is not None else 0}
+
     # --- scoring ------------------------------------------------------------------------
 
     def encode(self, queries: Sequence[str], documents: Sequence[str]) -> dict[str, np.ndarray]:
@@ -207,10 +252,14 @@ class OnnxScorer(PairScoring):
         return binding.copy_outputs_to_cpu()[0]
 
     def score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
-        """float32 scores in input order; batches of pairs sorted by length, longest first."""
+        """float32 scores in input order; batches of pairs sorted by length, longest first. Separated layout: each
+        distinct query and passage is encoded once (passages from the cache or the store when there), then the pairs
+        are scored from their vectors."""
         pairs = list(pairs)
         if batch_size < 1:
             raise RerankerError(f"batch_size must be at least 1, got {batch_size}")
+        if self.separated:
+            return self._score_separated(pairs, batch_size)
         scores = np.empty(len(pairs), dtype=np.float32)
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
         for start in range(0, len(order), batch_size):
@@ -218,6 +267,55 @@ class OnnxScorer(PairScoring):
             out = self._run(self.encode([pairs[i][0] for i in idx], [pairs[i][1] for i in idx]))
             scores[idx] = np.asarray(out, dtype=np.float32).reshape(-1)
         return scores
+
+    def _score_separated(self, pairs: list[tuple[str, str]], batch_size: int) -> np.ndarray:
+        if not pairs:
+            return np.empty(0, dtype=np.float32)
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        documents = list(dict.fromkeys(d for _, d in pairs))
+        q_states = dict(zip(queries, self.encode_texts(queries, "query", batch_size)))
+        d_states = dict(zip(documents, self.passage_states(documents, batch_size)))
+        scores = np.empty(len(pairs), dtype=np.float32)
+        for start in range(0, len(pairs), SCORE_CHUNK):
+            chunk = pairs[start : start + SCORE_CHUNK]
+            qs, ds = [q_states[q] for q, _ in chunk], [d_states[d] for _, d in chunk]
+            feeds = {"query_vector": np.stack([s.vector for s in qs]), "doc_vector": np.stack([s.vector for s in ds]),
+                     "query_terms": _pad([s.terms for s in qs]), "doc_terms": _pad([s.terms for s in ds])}
+            scores[start : start + len(chunk)] = np.asarray(self._score_session.run(["score"], feeds)[0], np.float32).reshape(-1)
+        return scores
+
+    def passage_states(self, documents: Sequence[str], batch_size: int = 32) -> list[PassageState]:
+        """Each passage's state: from the in-memory cache, else the on-disk store, else encoded now (and cached)."""
+        keys = [text_key(d) for d in documents]
+        states = self.cache.get_many(keys)
+        if self.store is not None:
+            todo = [i for i, s in enumerate(states) if s is None]
+            for i, s in zip(todo, self.store.get_many([keys[i] for i in todo])):
+                states[i] = s
+            self.cache.put_many([keys[i] for i in todo if states[i] is not None], [states[i] for i in todo if states[i] is not None])
+        todo = [i for i, s in enumerate(states) if s is None]
+        if todo:
+            fresh = self.encode_texts([documents[i] for i in todo], "document", batch_size)
+            for i, s in zip(todo, fresh):
+                states[i] = s
+            self.cache.put_many([keys[i] for i in todo], fresh)
+        return states  # type: ignore[return-value]
+
+    def encode_texts(self, texts: Sequence[str], side: str, batch_size: int = 32) -> list[PassageState]:
+        """Vectors and term ids of ``texts`` encoded alone (``side``: ``"query"`` or ``"document"``), batched by length."""
+        from reranker.formatting import encode_segments
+
+        texts = list(texts)
+        out: list[PassageState | None] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            arrays = encode_segments(self.tokenizer, self.config, [texts[i] for i in idx], side)
+            vectors = np.asarray(self._run({n: arrays[n] for n in self.manifest.inputs}), dtype=np.float32)
+            for row, i in enumerate(idx):
+                terms = arrays["terms"][row]
+                out[i] = PassageState(vectors[row].copy(), terms[terms > 0].copy())
+        return out  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"OnnxScorer({str(self.folder)!r}, kind={self.kind!r}, precision={self.precision!r}, providers={self.providers})"
@@ -236,8 +334,42 @@ def _tokenizer_class(transformers: Any, folder: Path) -> Any:
     return cls if cls is not None and hasattr(cls, "from_pretrained") else transformers.AutoTokenizer
 
 
+def build_passage_store(scorer: OnnxScorer, texts: Sequence[str], folder: str | Path, batch_size: int = 32,
+                        shard_size: int = 4096) -> tuple[int, int]:
+    """Encode the passages ``texts`` with a separated export and store their states in ``folder`` (shards of
+    ``shard_size``; a stopped build resumes with the passages not yet stored). Returns (encoded now, stored in all)."""
+    from tqdm.auto import tqdm
+
+    if not scorer.separated:
+        raise RerankerError(f"{scorer.folder}: a {scorer.manifest.layout}-layout export has no passage states; export the "
+                            "student with --layout separated (the default for a hybrid student without its joint pass)")
+    store = PassageStore.open(folder, scorer.state_digest, create=True, hidden_size=int(scorer.manifest.hidden_size or 0),
+                              describe=scorer.describe())
+    unique = list(dict.fromkeys(texts))
+    keys = [text_key(t) for t in unique]
+    todo = store.missing(keys)
+    if len(todo) < len(unique):
+        log.info("passage states: %d of %d already in %s", len(unique) - len(todo), len(unique), folder)
+    with tqdm(total=len(todo), desc="passage states", unit="passage", disable=not todo) as bar:
+        for start in range(0, len(todo), shard_size):
+            idx = todo[start : start + shard_size]
+            states = scorer.encode_texts([unique[i] for i in idx], "document", batch_size)
+            store.add([keys[i] for i in idx], states)
+            bar.update(len(idx))
+    return len(todo), len(store)
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """Term-id rows right-padded with 0 into one int64 array (at least one column)."""
+    out = np.zeros((len(rows), max([1, *map(len, rows)])), dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
 def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
-              inter_op_threads: int | None = None, precision: str | None = None, **unused: Any) -> OnnxScorer:
+              inter_op_threads: int | None = None, precision: str | None = None, cache_entries: int | None = None,
+              passage_store: str | Path | None = None, **unused: Any) -> OnnxScorer:
     """The scorer of an exported folder.
 
     ``providers``: execution providers (default CUDA if available, then CPU; ``["tensorrt", "cuda"]``
@@ -245,10 +377,27 @@ def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_
     (default: ONNX Runtime's own choice; ``RERANKER_ORT_THREADS`` sets the intra-op count);
     ``precision``: ``"fp32"``, ``"int8"`` or ``"fp16"`` (default: fp16 on GPU when exported; on CPU the
     graph that ``--precision auto`` chose, else int8 when exported; else fp32).
+    Separated exports: ``cache_entries`` bounds the in-memory passage cache (default
+    :data:`~reranker.passage_cache.DEFAULT_CACHE_ENTRIES`, env ``RERANKER_CACHE_ENTRIES``; 0: none);
+    ``passage_store``: a folder of passage states built for this model (env ``RERANKER_PASSAGE_STATES``).
     """
     if unused:
-        raise RerankerError(f"load_onnx: unknown option(s) {', '.join(sorted(unused))} "
-                            "(it takes providers, intra_op_threads, inter_op_threads, precision)")
+        raise RerankerError(f"load_onnx: unknown option(s) {', '.join(sorted(unused))} (it takes providers, intra_op_threads, "
+                            "inter_op_threads, precision, cache_entries, passage_store)")
     if intra_op_threads is None and os.environ.get("RERANKER_ORT_THREADS"):
         intra_op_threads = int(os.environ["RERANKER_ORT_THREADS"])
-    return OnnxScorer(folder, providers, intra_op_threads, inter_op_threads, precision)
+    if cache_entries is None:
+        cache_entries = _int_env("RERANKER_CACHE_ENTRIES", DEFAULT_CACHE_ENTRIES)
+    if passage_store is None and os.environ.get("RERANKER_PASSAGE_STATES"):
+        passage_store = os.environ["RERANKER_PASSAGE_STATES"]
+    return OnnxScorer(folder, providers, intra_op_threads, inter_op_threads, precision, cache_entries, passage_store)
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise RerankerError(f"{name}={value!r}: expected a whole number") from None

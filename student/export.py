@@ -54,6 +54,7 @@ from reranker.onnx_manifest import (
     ModelFile,
     OnnxManifest,
     PrecisionChoice,
+    ScoreGraph,
     TokenizerInfo,
     Tolerance,
 )
@@ -69,6 +70,11 @@ DEFAULT_OPSET = 17
 #: the graph inputs in the order of the students' forward() (token ids and masks, then the hybrid head's term ids)
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms")
 INT8_METHODS = ("dynamic", "weight-only", "mixed")
+LAYOUTS = ("auto", "pair", "separated")
+#: the separated layout's encoder graph: one text's token ids in, its pooled vector out; the score graph's file
+ENCODER_INPUTS = ("input_ids", "attention_mask")
+ENCODER_OUTPUT = "embedding"
+SCORE_GRAPH_FILE = "score.onnx"
 #: the precision name that measures the candidate graphs and keeps the fastest within the nDCG budget (student.precision)
 AUTO = "auto"
 WEIGHT_ONLY_BLOCK = 128
@@ -95,7 +101,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
                    parity_sample: int = 128, tolerances: dict[str, Tolerance] | None = None,
                    triton_dir: str | Path | None = None, int8_method: str = "dynamic",
                    max_ndcg_drop: float = DEFAULT_MAX_NDCG_DROP, threads: int | None = None, timing_passes: int = 2,
-                   max_drop_change: float = DEFAULT_MAX_DROP_CHANGE) -> OnnxManifest:
+                   max_drop_change: float = DEFAULT_MAX_DROP_CHANGE, layout: str = "auto") -> OnnxManifest:
     """Export the student in ``model_dir`` to ``out_dir``; returns the manifest written there.
 
     ``precisions`` with ``auto``: both int8 methods are built and, with fp32, timed and ranked on the parity
@@ -103,6 +109,10 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
     kept); the fastest graph within ``max_ndcg_drop``
     nDCG@10 of fp32 is the CPU default (the manifest's ``choice``), an int8 one is kept as the int8 model. Parts of
     the student that do not count are left out of the graph first (:func:`drop_idle_parts`, the manifest's ``dropped``).
+
+    ``layout``: ``"auto"`` exports a student that encodes query and passage apart (a hybrid student without its joint
+    pass) as two graphs, the encoder (text -> vector; a passage's vector is computed once and cached by the scorer) and
+    the score of vector pairs; ``"pair"`` keeps one graph from a pair's token ids to its score (Triton serves that one).
     """
     from .models import load_student
 
@@ -112,6 +122,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
     except ImportError as exc:
         raise MissingDependencyError("reranker export", "cpu", exc) from exc
     precisions = parse_precisions(precisions)
+    if layout not in LAYOUTS:
+        raise RerankerError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if int8_method not in INT8_METHODS:
         raise RerankerError(f"unknown int8 method {int8_method!r}; choose one of {', '.join(INT8_METHODS)}")
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
@@ -125,18 +137,26 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
     sample = parity or load_parity_sample(None, parity_sample)
     log.info("parity sample: %d pairs, %d queries (%s)", len(sample.pairs), sample.num_queries, sample.source)
     dropped = drop_idle_parts(student, sample, max_change=max_drop_change)
+    separated = layout != "pair" and getattr(student, "separated", False)
+    if layout == "separated" and not separated:
+        raise RerankerError("--layout separated needs a hybrid student whose joint pass is left out (its weights are 0 or "
+                            "it does not change the ranking); this student needs the pair layout")
+    if separated and triton_dir is not None:
+        raise RerankerError("a Triton repository serves one graph from a pair's token ids to its score: export with --layout pair")
     reference = student.score(sample.pairs)  # the served student: the graph is checked against it
 
     work = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        inputs, template = _save_folder(student, work)
+        inputs, template = _save_folder(student, work, separated)
         raw = work / "raw.onnx"
-        _torch_export(student, raw, inputs, opset)
+        _torch_export(student, raw, inputs, opset, separated)
         models: dict[str, ModelFile] = {}
         draft = _manifest(student, inputs, template, opset, models, model_dir)
         draft.dropped = dropped
+        if separated:
+            _separated_manifest(student, draft, _export_score_graph(student, work / SCORE_GRAPH_FILE, opset))
 
         loaded: dict[str, Any] = {}
         scored: dict[str, np.ndarray] = {}
@@ -151,7 +171,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
             draft.save(work)
             from reranker.onnx_runtime import load_onnx
 
-            scorer = load_onnx(work, providers=["cpu"], precision=precision, intra_op_threads=threads)
+            scorer = load_onnx(work, providers=["cpu"], precision=precision, intra_op_threads=threads, cache_entries=0)
             loaded[precision] = scorer  # warmed up by this pass: --precision auto times it next
             scores = scored[precision] = np.asarray(scorer.score(sample.pairs), np.float64)
             alone = np.array([scorer.score([pair])[0] for pair in sample.pairs[:BATCH_PROBE_PAIRS]])
@@ -309,7 +329,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _save_folder(student: Any, folder: Path) -> tuple[list[str], str | None]:
+def _save_folder(student: Any, folder: Path, separated: bool = False) -> tuple[list[str], str | None]:
     """Tokenizer, student config and template into ``folder``; returns the graph's input names and the template file."""
     student.tokenizer.save_pretrained(folder)
     config = student.config
@@ -320,27 +340,69 @@ def _save_folder(student: Any, folder: Path) -> tuple[list[str], str | None]:
     config.save(folder)
     names = list(student.encode(["a query"], ["a document"]))
     template = config.template if student.kind == "t5" else None
-    return [n for n in GRAPH_INPUTS if n in names], template
+    return (list(ENCODER_INPUTS) if separated else [n for n in GRAPH_INPUTS if n in names]), template
 
 
-def _torch_export(student: Any, path: Path, inputs: list[str], opset: int) -> None:
-    import torch
+EXAMPLE_QUERIES = ["what does the example query ask", "short"]
+EXAMPLE_DOCUMENTS = ["an example document that is a little longer than the other one", "doc"]
 
+
+def _torch_export(student: Any, path: Path, inputs: list[str], opset: int, separated: bool = False) -> None:
+    """The student's graph: its ``forward`` (pair layout), or its encoder tower (separated: token ids -> vector)."""
     if hasattr(student.model, "set_attn_implementation"):
         try:
             student.model.set_attn_implementation("eager")
         except (ValueError, ImportError) as exc:
             log.debug("eager attention not set: %s", exc)
-    example = student.encode(["what does the example query ask", "short"],
-                             ["an example document that is a little longer than the other one", "doc"])
-    axes = {n: {0: "batch", 1: "terms_" + n.split("_")[0] if n.endswith("_terms") else "sequence"} for n in inputs}
+    if separated:
+        from reranker.formatting import encode_segments
+
+        tower, _ = student.separated_parts()
+        example = encode_segments(student.tokenizer, student.config, EXAMPLE_DOCUMENTS, "document")
+        _trace(tower, path, {n: example[n] for n in inputs}, ENCODER_OUTPUT, opset)
+    else:
+        example = student.encode(EXAMPLE_QUERIES, EXAMPLE_DOCUMENTS)
+        _trace(student, path, {n: example[n] for n in inputs}, "score", opset)
+
+
+def _trace(module: Any, path: Path, example: dict[str, Any], output: str, opset: int) -> None:
+    import torch
+
+    axes = {n: {0: "batch", 1: "terms_" + n.split("_")[0] if n.endswith("_terms") else "sequence"} for n in example}
+    axes.update({n: {0: "batch"} for n in example if n.endswith("_vector")})
+    tensors = tuple(torch.as_tensor(v) for v in example.values())
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python values in shape arithmetic
-        torch.onnx.export(student, tuple(example[n] for n in inputs), str(path), input_names=inputs, output_names=["score"],
-                          dynamic_axes={**axes, "score": {0: "batch"}}, opset_version=opset, do_constant_folding=True,
-                          dynamo=False)
-    log.info("exported the %s graph (opset %d) in %.1f s", student.kind, opset, time.perf_counter() - start)
+        torch.onnx.export(module, tensors, str(path), input_names=list(example), output_names=[output],
+                          dynamic_axes={**axes, output: {0: "batch"}}, opset_version=opset, do_constant_folding=True, dynamo=False)
+    log.info("exported %s (opset %d) in %.1f s", path.name, opset, time.perf_counter() - start)
+
+
+def _export_score_graph(student: Any, path: Path, opset: int) -> ScoreGraph:
+    """The separated layout's second graph, from :class:`student.heads.SeparatedScore` (fp32, whatever the encoder's
+    precision: a few element-wise operations and the term weights)."""
+    import torch
+
+    from reranker.formatting import encode_segments
+
+    tower, head = student.separated_parts()
+    q = encode_segments(student.tokenizer, student.config, EXAMPLE_QUERIES, "query")
+    d = encode_segments(student.tokenizer, student.config, EXAMPLE_DOCUMENTS, "document")
+    with torch.inference_mode():
+        q_vec = tower(torch.from_numpy(q["input_ids"]), torch.from_numpy(q["attention_mask"]))
+        d_vec = tower(torch.from_numpy(d["input_ids"]), torch.from_numpy(d["attention_mask"]))
+    example = {"query_vector": q_vec.numpy(), "doc_vector": d_vec.numpy(), "query_terms": q["terms"], "doc_terms": d["terms"]}
+    _trace(head, path, example, "score", opset)
+    return ScoreGraph(file=path.name, sha256=sha256(path), bytes=path.stat().st_size, inputs=list(example))
+
+
+def _separated_manifest(student: Any, manifest: OnnxManifest, graph: ScoreGraph) -> None:
+    from reranker.formatting import document_tokens
+
+    manifest.layout, manifest.output, manifest.score_graph = "separated", ENCODER_OUTPUT, graph
+    manifest.document_tokens = document_tokens(student.config)
+    manifest.hidden_size = int(student.model.config.hidden_size)
 
 
 def _optimizer_type(student: Any) -> str:

@@ -76,12 +76,13 @@ class HybridHead(nn.Module):
                  query_terms: torch.Tensor, doc_terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cosine, lexical)``, each ``[batch]`` fp32: the cosine from the last hidden states of the
         separated pass, the lexical share from the term ids (0 = padding), in [0, 1]."""
-        hidden = hidden.float()
-        valid = attention_mask.bool()
-        query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
-        q_vec = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp(min=1)
-        d_vec = (hidden * doc.unsqueeze(-1)).sum(1) / doc.sum(1, keepdim=True).clamp(min=1)
-        cosine = torch.nn.functional.cosine_similarity(q_vec, d_vec, dim=-1, eps=1e-6)
+        return self.combine(*pool_segments(hidden, attention_mask, token_type_ids), query_terms, doc_terms)
+
+    def combine(self, query_vector: torch.Tensor, doc_vector: torch.Tensor, query_terms: torch.Tensor,
+                doc_terms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cosine, lexical)`` from the two sides' pooled vectors ``[batch, hidden]`` and their term ids: the part
+        of the score that needs both sides (the separated export runs it as its own graph, :class:`SeparatedScore`)."""
+        cosine = torch.nn.functional.cosine_similarity(query_vector.float(), doc_vector.float(), dim=-1, eps=1e-6)
         q_valid, d_valid = query_terms > 0, doc_terms > 0
         match = (query_terms.unsqueeze(2) == doc_terms.unsqueeze(1)) & d_valid.unsqueeze(1)
         tf = match.float().sum(-1)  # [batch, query terms]: how often each query term occurs in the document
@@ -121,6 +122,40 @@ class HybridHead(nn.Module):
                 "matched stemmed words (it had one weight per word piece) cannot be read: distil the student again")
         self.load_state_dict(state)
         return True
+
+
+def pool_segments(hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of each segment's states (token type 0: the query, 1: the document), fp32 ``[batch, hidden]`` each."""
+    hidden = hidden.float()
+    valid = attention_mask.bool()
+    query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
+    q_vec = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp(min=1)
+    d_vec = (hidden * doc.unsqueeze(-1)).sum(1) / doc.sum(1, keepdim=True).clamp(min=1)
+    return q_vec, d_vec
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the states of one segment encoded alone (``[CLS] text [SEP]``), fp32 ``[batch, hidden]``: what
+    :func:`pool_segments` gives that segment in a pair."""
+    mask = attention_mask.unsqueeze(-1).float()
+    return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class SeparatedScore(nn.Module):
+    """The hybrid score from pooled vectors and term ids: ``forward(query_vector, doc_vector, query_terms, doc_terms)``.
+
+    The second graph of a separated export (:mod:`student.export`): the encoder graph turns each text into its vector
+    once (a passage's can be cached), this one scores any pair of them. The same arithmetic as
+    :meth:`HybridHead.forward`, through :meth:`HybridHead.combine`."""
+
+    def __init__(self, head: HybridHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, query_vector: torch.Tensor, doc_vector: torch.Tensor, query_terms: torch.Tensor,
+                doc_terms: torch.Tensor) -> torch.Tensor:
+        cosine, lexical = self.head.combine(query_vector, doc_vector, query_terms, doc_terms)
+        return self.head.sem_weight * cosine + self.head.lex_weight * lexical
 
 
 def document_frequencies(config: Any, texts: Sequence[str]) -> tuple[torch.Tensor, float]:

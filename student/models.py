@@ -26,7 +26,7 @@ from reranker.registry import BackendSpec, Registry
 from reranker.scoring import PairScoring
 from reranker.student_config import CONFIG_NAME, StudentConfig
 
-from .heads import HEAD_FILE, HybridHead
+from .heads import HEAD_FILE, HybridHead, SeparatedScore, mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,24 @@ class CrossEncoderStudent(Student):
             raise RerankerError("only a hybrid student has a joint pass to drop; its classifier logit is the whole score")
         self.joint = False
 
+    @property
+    def separated(self) -> bool:
+        """True when the score needs no pass over the pair: a hybrid student without its joint pass, whose query and
+        document are encoded apart (a passage's vector can then be computed once and cached; :meth:`embed`)."""
+        return self.hybrid is not None and not self.joint
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled vectors ``[batch, hidden]`` (fp32) of single segments ``[CLS] text [SEP]`` (from
+        :func:`reranker.formatting.encode_segments`): what :meth:`separate_states` gives each side of a pair."""
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
+        return mean_pool(out.last_hidden_state, attention_mask)
+
+    def separated_parts(self) -> tuple[nn.Module, nn.Module]:
+        """The two graphs of a separated export: the encoder (token ids -> vector) and the scorer of vector pairs."""
+        if not self.separated:
+            raise RerankerError("only a hybrid student without its joint pass scores from separately encoded texts")
+        return EncoderTower(self), SeparatedScore(self.hybrid)
+
     def separate_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the query and the document encoded apart, as the bi-encoder was trained.
 
@@ -367,6 +385,17 @@ class CrossEncoderStudent(Student):
         hf_config.pad_token_id = tokenizer.pad_token_id
         config.setdefault("base_model", f"random init ({hf_config.model_type})")
         return cls(AutoModelForSequenceClassification.from_config(hf_config), tokenizer, StudentConfig(kind=cls.kind, **config))
+
+
+class EncoderTower(nn.Module):
+    """``forward(input_ids, attention_mask) -> [batch, hidden]``: :meth:`CrossEncoderStudent.embed` as a module to export."""
+
+    def __init__(self, student: CrossEncoderStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.student.embed(input_ids, attention_mask)
 
 
 def load_student(folder: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None) -> Student:

@@ -75,14 +75,33 @@ def index(
     param: ParamOpt = None,
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
     passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
+    states_model: Annotated[Path | None, typer.Option(help="Also store every passage's state (vector, term ids) for this ONNX export "
+                                                      "(separated layout) in OUT/passage_states, for `rerank --passage-states` and the "
+                                                      "server (RERANKER_PASSAGE_STATES); resumes where a stopped build left off.")] = None,
+    precision: Annotated[str | None, typer.Option(help="--states-model: the graph to encode with (default: the one the scorer loads on this machine).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="--states-model: passages per model batch.")] = 32,
 ):
-    """Build a first-stage index over a data set's corpus and save it to a folder."""
+    """Build a first-stage index over a data set's corpus and save it to a folder (and, with --states-model, the passage states)."""
     from ..retrieval import build_index
 
     ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
     start = time.perf_counter()
-    build_index(ds.corpus, backend, out, corpus_name=ds.name, **_params(param))
+    states, kept = out / "passage_states", out.with_name(f".{out.name}.passage_states")
+    if states.is_dir():  # the index folder is replaced whole: passage states already built are kept (a resumed build)
+        states.rename(kept)
+    try:
+        build_index(ds.corpus, backend, out, corpus_name=ds.name, **_params(param))
+    finally:
+        if kept.is_dir():
+            kept.rename(states)
     typer.echo(f"indexed {len(ds.corpus)} documents of {ds.name} with {backend} into {out} in {time.perf_counter() - start:.1f} s")
+    if states_model is not None:
+        from ..onnx_runtime import build_passage_store, load_onnx
+
+        start = time.perf_counter()
+        scorer = load_onnx(states_model, precision=precision, cache_entries=0)
+        added, total = build_passage_store(scorer, [d.contents for d in ds.corpus], states, batch_size=batch_size)
+        typer.echo(f"passage states: {added} encoded, {total} in {states} ({scorer.precision}) in {time.perf_counter() - start:.1f} s")
 
 
 @app.command()
@@ -180,6 +199,8 @@ def rerank(
     top_k: Annotated[int, typer.Option(help="Candidates per query to re-rank.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Pairs per model batch.")] = 32,
     backend: Annotated[str, typer.Option(help="auto (by the folder's files), torch or onnx.")] = "auto",
+    passage_states: Annotated[Path | None, typer.Option(help="ONNX export of the separated layout: passage states built for it "
+                                                        "(`reranker index --states-model`, the folder OUT/passage_states).")] = None,
     split: SplitOpt = "test", queries: QueriesOpt = None, qrels: QrelsOpt = None,
     passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
@@ -191,7 +212,7 @@ def rerank(
     if (dataset is None) == (dataset_opt is None):
         raise RerankerError("name the data set once: reranker rerank DATASET ... or reranker rerank --dataset DATASET ...")
     ds = _dataset(dataset or dataset_opt, split, queries, qrels, passage_words, passage_overlap)
-    scorer = load_model(model, backend)
+    scorer = load_model(model, backend, **({} if passage_states is None else {"passage_store": passage_states}))
     start = time.perf_counter()
     result = rerank_run(scorer, ds.require_queries(), ds.corpus, read_run(run), top_k=top_k, batch_size=batch_size)
     result.name = model.name

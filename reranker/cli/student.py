@@ -72,6 +72,9 @@ def export(
     max_ndcg_drop: Annotated[float, typer.Option(min=0.0, help="--precision auto and --int8-method mixed: the most nDCG@10 below fp32 (on the parity pairs) a faster graph may lose.")] = 0.005,
     max_drop_change: Annotated[float, typer.Option(min=0.0, help="A part of the student (a hybrid's joint pass) is left out of the graph when its classifier weights are 0 or scoring without it changes nDCG@10 on the parity pairs by at most this; the manifest's 'dropped' says what and why.")] = 0.001,
     threads: Annotated[int | None, typer.Option(min=1, help="--precision auto: ONNX Runtime threads for the timing (default: all cores), as the server will run.")] = None,
+    layout: Annotated[str, typer.Option(help="auto: a student that encodes query and passage apart (a hybrid without its joint pass) becomes an encoder graph "
+                                        "and a score graph, so that passage vectors are computed once and cached (`reranker index --states-model`); "
+                                        "pair: one graph per pair (Triton); separated: as auto, an error when the student cannot.")] = "auto",
 ):
     """Export a student to ONNX (optimised fp32, int8 for CPUs, fp16 for GPUs), checked against PyTorch."""
     from student.export import export_student, parse_precisions
@@ -81,13 +84,16 @@ def export(
     sample = load_parity_sample(parity_data, parity_sample)
     manifest = export_student(model_dir, out_dir, precisions, optimize=optimize, opset=opset,
                               parity=sample, triton_dir=triton, int8_method=int8_method, max_ndcg_drop=max_ndcg_drop, threads=threads,
-                              max_drop_change=max_drop_change)
+                              max_drop_change=max_drop_change, layout=layout)
     for name, entry in manifest.models.items():
         p = entry.parity
         typer.echo(f"{name}: {out_dir / entry.file} ({entry.bytes / 1e6:.1f} MB{', optimised' if entry.optimized else ''}); "
                    f"parity on {p.pairs} pairs: max |diff| {p.max_abs_diff:.2e}, top-10 agreement {p.top10_agreement:.3f}")
     for part in manifest.dropped:
         typer.echo(f"left out of the graph: {part}")
+    if manifest.layout == "separated":
+        typer.echo(f"layout: separated (encoder graph + {manifest.score_graph.file}); passages are encoded once: "
+                   f"`reranker index DATASET --out DIR --states-model {out_dir}` stores them for a corpus")
     if manifest.choice is not None:
         c = manifest.choice
         for cand in c.candidates:
