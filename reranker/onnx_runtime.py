@@ -28,7 +28,7 @@ import numpy as np
 from .errors import MissingDependencyError, RerankerError
 from .io.files import sha256
 from .onnx_manifest import OnnxManifest
-from .passage_cache import DEFAULT_CACHE_ENTRIES, PassageState, PassageStore, StateCache, text_key
+from .passage_cache import DEFAULT_CACHE_ENTRIES, STORE_DIR, STORE_FILE, PassageState, PassageStore, StateCache, text_key
 from .scoring import ONNX_MANIFEST, STUDENT_CONFIG, PairScoring
 
 __all__ = ["ONNX_MANIFEST", "OnnxScorer", "build_passage_store", "load_onnx", "resolve_providers"]
@@ -132,6 +132,12 @@ class OnnxScorer(PairScoring):
             if passage_store is not None:
                 self.store = PassageStore.open(passage_store, self.state_digest, describe=self.describe())
                 log.info("passage states: %d passages from %s", len(self.store), passage_store)
+            elif (self.folder / STORE_DIR / STORE_FILE).is_file():  # stored with the export (the pipeline does)
+                try:
+                    self.store = PassageStore.open(self.folder / STORE_DIR, self.state_digest, describe=self.describe())
+                    log.info("passage states: %d passages from %s", len(self.store), self.folder / STORE_DIR)
+                except RerankerError as exc:
+                    log.warning("not using the export's passage states: %s", exc)
         elif passage_store is not None:
             raise RerankerError(f"{self.folder}: a {manifest.layout}-layout export scores each pair in one graph and has no "
                                 "passage states to read; export a hybrid student with --layout separated (the default) to use them")

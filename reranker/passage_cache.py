@@ -34,6 +34,8 @@ from .errors import RerankerError
 log = logging.getLogger(__name__)
 
 STORE_FILE = "passage_states.json"
+#: the folder name of a store inside an export (the pipeline writes it) or an index (``reranker index --states-model``)
+STORE_DIR = "passage_states"
 STORE_FORMAT = 1
 #: the default bound of the in-memory cache, in passages (a 384-d vector and up to 256 term ids: about 2.5 KB each)
 DEFAULT_CACHE_ENTRIES = 50_000

@@ -65,6 +65,8 @@ class ExportSection(Section):
     int8_method: Literal["dynamic", "weight-only", "mixed"] = Field(
         "dynamic", description="dynamic: int8 weights and activations (fastest on CPU); weight-only: int8 weights, fp32 activations; "
                                "mixed: dynamic with its most sensitive nodes in fp32, as few as keep max_ndcg_drop.")
+    passage_states: bool = Field(True, description="A separated export (a hybrid student without its joint pass): also encode the "
+                                 "corpus's passages once and store their states in onnx/passage_states, which the scorer reads.")
 
 
 class CascadeSection(Section):

@@ -191,7 +191,24 @@ def stage_export(ctx: Context) -> dict[str, Any]:
                            for name, m in manifest.models.items()}
     if manifest.choice is not None:
         out["choice"] = manifest.choice.model_dump()
+    if manifest.layout == "separated" and e.passage_states:
+        out["passage_states"] = _store_passage_states(ctx)
     return out
+
+
+def _store_passage_states(ctx: Context) -> dict[str, Any]:
+    """The corpus's passage states for the graph the serving scorer loads, in ``onnx/passage_states``."""
+    import time
+
+    from ..onnx_runtime import build_passage_store, load_onnx
+    from ..passage_cache import STORE_DIR
+
+    folder, options = serving_model(ctx)
+    scorer = load_onnx(folder, cache_entries=0, **options)
+    start = time.perf_counter()
+    texts = [d.contents for d in load_data(ctx, ctx.config.corpus).corpus]
+    _, total = build_passage_store(scorer, texts, folder / STORE_DIR)
+    return {"passages": total, "precision": scorer.precision, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def serving_model(ctx: Context) -> tuple[Path, dict[str, Any]]:

@@ -185,3 +185,20 @@ def test_index_builds_the_states_and_rerank_reads_them(exported, tmp_path):
     # another batch than in the plain run, so the scores agree within the bound the export states for that
     bound = load_onnx(folder).manifest.models["int8"].parity.batch_bound
     assert max(abs(runs[0][k] - runs[1][k]) for k in runs[0]) <= bound
+
+
+def test_states_stored_with_the_export_are_read_when_they_match(exported, tmp_path, caplog):
+    """The pipeline stores the corpus's states in EXPORT/passage_states: the scorer reads them when they were built for
+    the graph it loads, and says why it does not (the file named) when they were built for another."""
+    import shutil
+
+    _, _, folder, _ = exported
+    export = tmp_path / "export"
+    shutil.copytree(folder, export)
+    docs = [d for _, d in PAIRS + MORE]
+    build_passage_store(load_onnx(export, precision="int8", cache_entries=0), docs, export / "passage_states")
+    assert load_onnx(export, precision="int8").cache_stats()["stored"] == len(set(docs))
+    with caplog.at_level("WARNING", logger="reranker.onnx_runtime"):
+        fp32 = load_onnx(export, precision="fp32")
+    assert fp32.store is None and fp32.cache_stats()["stored"] == 0
+    assert "not using the export's passage states" in caplog.text and "stale passage states" in caplog.text
