@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dense,pyserini,llm,ray,gguf,openai,serve,cpu,dev
-# the demo needs only these: a first `make demo` skips the long builds (llama-cpp-python compiles from source)
-DEMO_EXTRAS ?= train,dense,cpu
+# the demo needs only these (serve: the `reranker serve` commands it prints run in this venv); a first `make demo`
+# skips the long builds (llama-cpp-python compiles from source)
+DEMO_EXTRAS ?= train,dense,cpu,serve
 
 .PHONY: install demo test test-fast benchmarks clean
 

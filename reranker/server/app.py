@@ -5,7 +5,8 @@ Endpoints: Cohere's ``POST /v1/rerank`` and ``/v2/rerank``, text-embeddings-infe
 :mod:`.cascade`), ``GET /health`` (liveness), ``GET /ready`` (model loaded and warmed up),
 ``GET /metrics`` (Prometheus) and ``/docs`` (OpenAPI). The model loads in the background when
 the app starts (the cascade too, when there is one), so ``/health`` answers at once and the
-rerank endpoints answer 503 with Retry-After until ``/ready`` does. Every error is JSON
+rerank endpoints answer 503 with Retry-After until ``/ready`` does. Stopping (:func:`drain`, on SIGTERM under
+``reranker serve``) turns ``/ready`` and new requests to 503 at once, answers the admitted ones, then exits. Every error is JSON
 ``{"message", "error", "error_type"}`` with a 4xx status for anything wrong with the request; a 5xx only for faults of the server.
 """
 
@@ -78,24 +79,35 @@ class ServerState:
     backend: str | None = None
     cascade: CascadeService | None = None
 
+    def begin_stopping(self) -> None:
+        """``/ready`` answers 503 ("stopping") and new requests 503 from now on; admitted requests go on."""
+        self.status = "stopping"
+        self.metrics.ready.set(0)
+        if self.batcher is not None:
+            self.batcher.refuse_new()
+
+
+async def drain(state: ServerState, seconds: float) -> None:
+    """Stop taking requests, let the admitted ones be scored and answered for at most ``seconds``, then answer
+    what is left 503 with Retry-After (``reranker serve`` runs this on SIGTERM before uvicorn stops)."""
+    state.begin_stopping()
+    if state.batcher is not None:
+        await state.batcher.stop(seconds)
+
 
 def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
     from ..scoring import detect_backend, load_model
 
     backend = detect_backend(source) if settings.backend == "auto" else settings.backend
     options: dict[str, Any] = {}
-    if backend == "torch":
-        if settings.device:
-            options["device"] = settings.device
-        if settings.threads:
-            import torch
+    if backend == "torch" and settings.device:
+        options["device"] = settings.device
+    if backend == "torch" and settings.threads:
+        import torch
 
-            torch.set_num_threads(settings.threads)
-    elif backend == "onnx":
-        if settings.threads:
-            options["intra_op_threads"] = settings.threads
-        if settings.precision:
-            options["precision"] = settings.precision
+        torch.set_num_threads(settings.threads)
+    if backend == "onnx":
+        options.update({k: v for k, v in (("intra_op_threads", settings.threads), ("precision", settings.precision)) if v})
     start = time.perf_counter()
     scorer = load_model(source, backend, **options)
     log.info("loaded %s model %s (%s) in %.1f s", backend, source, getattr(scorer, "kind", "?"), time.perf_counter() - start)
@@ -134,7 +146,11 @@ async def _start(state: ServerState, source: Any) -> None:
             part = "cascade"
             await state.cascade.load()
         batcher.start()
-        state.batcher, state.status = batcher, "ready"
+        state.batcher = batcher
+        if state.status != "loading":  # asked to stop while loading: never ready (the lifespan stops the batcher)
+            batcher.refuse_new()
+            return
+        state.status = "ready"
         state.metrics.ready.set(1)
         log.info("ready: serving %s", state.model_name)
     except Exception as exc:  # reported by /health and /ready; the process stays up so that it can be inspected
@@ -172,6 +188,7 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
         raise RerankerError("no model: pass a model folder (reranker serve MODEL_DIR) or set RERANKER_MODEL")
     name = settings.model_name or (Path(source).name if isinstance(source, str | Path) else type(source).__name__)
     state = ServerState(settings=settings, metrics=Metrics(), model_name=name)
+    state.metrics.watch_passage_cache(lambda: state.scorer)
     if settings.cascade:
         state.cascade = CascadeService.from_settings(settings, state.metrics)
 
@@ -181,12 +198,9 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
         try:
             yield
         finally:
-            state.status = "stopping"
-            state.metrics.ready.set(0)
             if not loader.done():
                 loader.cancel()
-            if state.batcher is not None:
-                await state.batcher.stop()
+            await drain(state, settings.drain_seconds)
             if state.cascade is not None:
                 state.cascade.close()
 

@@ -11,6 +11,10 @@ in a single worker thread: one model session, and no tokenizer shared across thr
 The queue is bounded by pairs waiting: a request that does not fit is refused at once
 (:class:`QueueFull`, HTTP 429 with Retry-After) instead of letting the queue grow.
 
+Stopping drains: :meth:`Batcher.stop` refuses new requests (503) and lets the admitted ones be
+scored and answered for at most ``drain_seconds``; what is still unfinished then fails with 503
+and Retry-After. A request's future is resolved with its scores only once every pair is scored.
+
 Scores never depend on what else is in a batch beyond float rounding: padding is masked.
 """
 
@@ -81,7 +85,11 @@ class Batcher:
         self._pending_tokens = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._closing = False
+        self._draining = False  # no new requests; the admitted ones go on
+        self._closing = False  # nothing goes on: what is unfinished fails
+        self._active = 0  # requests admitted and not yet answered
+        self._idle: asyncio.Event | None = None  # set while _active == 0
+        self._jobs: set[_Job] = set()  # the admitted requests' jobs, measured and not yet answered
         self._pairs_per_s = 0.0  # moving average, for Retry-After
 
     # --- life cycle -------------------------------------------------------------------------
@@ -91,17 +99,38 @@ class Batcher:
 
     def start(self) -> None:
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task = asyncio.create_task(self._loop(), name="reranker-batcher")
 
-    async def stop(self) -> None:
-        """Refuse new work, fail what is still queued (503), stop the worker."""
+    def refuse_new(self) -> None:
+        """From now on new requests get 503 (shutting down); the admitted ones are still scored."""
+        self._draining = True
+
+    async def drain(self, seconds: float) -> bool:
+        """Refuse new requests and wait at most ``seconds`` for the admitted ones to be answered; True when they were."""
+        self.refuse_new()
+        if self._idle is None or self._idle.is_set():
+            return True
+        log.info("draining: %d admitted request(s), %d pairs queued; waiting at most %g s", self._active, self._queued, seconds)
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Drain (at most ``drain_seconds``), then fail what is still unfinished (503, Retry-After) and stop the worker."""
+        if not await self.drain(drain_seconds):
+            log.warning("%d request(s) not scored within the drain (%g s): answered 503", self._active, drain_seconds)
         self._closing = True
-        while self._pending:
-            job, _ = self._pending.popleft()
+        for job in list(self._jobs):
             if not job.future.done():
-                job.future.set_exception(ServiceUnavailable("the server is shutting down"))
+                job.future.set_exception(ServiceUnavailable("the server is shutting down: the request was not scored in time"))
+        self._pending.clear()
         self._queued = self._pending_tokens = 0
-        if self._task is not None:
+        self._observe_queue()
+        if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
                 await self._task
@@ -124,7 +153,7 @@ class Batcher:
         """Raw scores of ``pairs`` in input order (float32)."""
         pairs = list(pairs)
         n = len(pairs)
-        if self._closing or self._task is None:
+        if self._draining or self._closing or self._task is None:
             raise ServiceUnavailable("the model is not ready" if self._task is None else "the server is shutting down")
         if n == 0:
             return np.empty(0, dtype=np.float32)
@@ -136,20 +165,44 @@ class Batcher:
             raise QueueFull(f"the queue is full ({self._queued} pairs waiting); retry later", self.retry_after())
         self._queued += n  # reserved now, so that concurrent admissions see it
         self._observe_queue()
+        self._admitted(+1)
+        job: _Job | None = None
         try:
-            lengths = await self.in_model_thread(self.scorer.pair_lengths, pairs)
-        except BaseException:
-            self._queued -= n
-            self._observe_queue()
-            raise
-        if self._closing:
-            raise ServiceUnavailable("the server is shutting down")
-        job = _Job(pairs, [int(x) for x in lengths], asyncio.get_running_loop().create_future())
-        for i in range(n):
-            self._pending.append((job, i))
-        self._pending_tokens += sum(job.lengths)
-        self._wake.set()
-        return await job.future
+            try:
+                lengths = await self.in_model_thread(self.scorer.pair_lengths, pairs)
+            except BaseException as exc:
+                self._release(n)
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and self._closing and not (task and task.cancelling()):
+                    raise ServiceUnavailable("the server is shutting down") from None  # the model thread stopped, not us
+                raise
+            if self._closing:  # stopped (the drain ran out) while the pairs were measured
+                self._release(n)
+                raise ServiceUnavailable("the server is shutting down: the request was not scored in time")
+            job = _Job(pairs, [int(x) for x in lengths], asyncio.get_running_loop().create_future())
+            self._jobs.add(job)
+            for i in range(n):
+                self._pending.append((job, i))
+            self._pending_tokens += sum(job.lengths)
+            self._wake.set()
+            return await job.future  # resolved only once every pair has its score
+        finally:
+            if job is not None:
+                self._jobs.discard(job)
+            self._admitted(-1)
+
+    def _release(self, n: int) -> None:
+        self._queued = max(0, self._queued - n)  # stop() may have emptied the queue meanwhile
+        self._observe_queue()
+
+    def _admitted(self, change: int) -> None:
+        self._active += change
+        if self._idle is not None and self._active == 0:
+            self._idle.set()
+        elif self._idle is not None:
+            self._idle.clear()
+        if self.metrics is not None:
+            self.metrics.in_flight.set(self._active)
 
     # --- the worker -------------------------------------------------------------------------
     def _full(self) -> bool:

@@ -1,10 +1,18 @@
-"""``reranker serve MODEL_DIR``: the HTTP server under uvicorn. Every flag is also ``RERANKER_<NAME>``."""
+"""``reranker serve MODEL_DIR``: the HTTP server under uvicorn. Every flag is also ``RERANKER_<NAME>``.
+
+Stopping: the first SIGTERM (or Ctrl-C) turns ``/ready`` to 503 ("stopping") at once while uvicorn still accepts
+connections, so a load balancer sees it; new requests get 503 with Retry-After; the requests already admitted are
+scored and answered for at most ``--drain-seconds``, the rest then get 503; then uvicorn shuts down gracefully and
+the process exits 0. A second signal stops at once (uvicorn's own handling).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,6 +20,9 @@ from ..config import validation_problems
 from ..errors import MissingDependencyError, RerankerError
 
 log = logging.getLogger(__name__)
+
+#: the install extra that ``reranker serve`` needs (named in its error when missing)
+EXTRA = "serve"
 
 
 def serve(
@@ -39,16 +50,18 @@ def serve(
     cors_origins: Annotated[str | None, typer.Option(help="Comma-separated CORS origins (off by default).")] = None,
     warmup: Annotated[bool | None, typer.Option("--warmup/--no-warmup", help="Warm the model up before ready.")] = None,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level (default info).")] = None,
+    drain_seconds: Annotated[float | None, typer.Option(help="On SIGTERM: answer the admitted requests for at most this long, "
+                                                        "then 503 (default 30).")] = None,
 ):
     """Serve a model over HTTP: Cohere /v1/rerank and /v2/rerank, TEI /rerank, /health, /ready, /metrics, /docs
     (and /search with --cascade)."""
     given = dict(locals())  # the flags, before anything else is defined here
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (here, so that a missing extra is one clear line)
 
         from .app import create_app
     except ImportError as exc:
-        raise MissingDependencyError("reranker serve", "serve", exc) from exc
+        raise MissingDependencyError("reranker serve", EXTRA, exc) from exc
     from pydantic import ValidationError
 
     from ..scoring import detect_backend
@@ -66,9 +79,50 @@ def serve(
     elif not Path(settings.model).is_dir():
         raise RerankerError(f"{settings.model}: no such model folder")
     log.info("settings: %s", settings.display())
-    app = create_app(settings.model, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
-                timeout_graceful_shutdown=30, access_log=settings.log_level == "debug")
+    run_server(create_app(settings.model, settings), settings)
+
+
+def run_server(app: Any, settings: Any) -> None:
+    """Serve ``app`` (from :func:`reranker.server.app.create_app`) with uvicorn until a signal; drain first (module doc)."""
+    import uvicorn
+
+    from .app import drain
+
+    state = app.state.reranker
+
+    class DrainingServer(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+        draining = False
+
+        async def serve(self, sockets=None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.draining or self.loop is None:  # a second signal: uvicorn stops now (Ctrl-C twice: at once)
+                return super().handle_exit(sig, frame)
+            self.draining = True
+            state.begin_stopping()  # here, in the signal handler: /ready is 503 before anything else happens
+            log.info("%s: draining (at most %g s), then stopping", signal.Signals(sig).name, settings.drain_seconds)
+            self.loop.call_soon_threadsafe(self.loop.create_task, self._drain())
+
+        async def _drain(self) -> None:
+            try:
+                await drain(state, settings.drain_seconds)
+            except Exception:
+                log.exception("draining failed; stopping")
+            finally:
+                self.should_exit = True  # uvicorn's graceful shutdown: stop accepting, close connections, lifespan
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
+                            timeout_graceful_shutdown=max(1, round(settings.drain_seconds)), access_log=settings.log_level == "debug")
+    server = DrainingServer(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: uvicorn re-raises it after stopping
+        pass
+    if not server.started:
+        raise RerankerError(f"the server did not start on {settings.host}:{settings.port} (see the log above)")
 
 
 def register(app: typer.Typer) -> None:

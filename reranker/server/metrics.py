@@ -1,9 +1,20 @@
-"""Prometheus metrics of one server (each app has its own registry, so apps in one process never mix)."""
+"""Prometheus metrics of one server (each app has its own registry, so apps in one process never mix).
+
+The passage cache's figures (``reranker_passage_cache_*``) are read from the scorer at scrape time, when the scorer
+has a ``cache_stats()`` method (the ONNX scorer of a separated export); other scorers show none.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -35,6 +46,12 @@ class Metrics:
         self.search_seconds = Histogram("reranker_search_stage_duration_seconds", "Time in each stage of /search", ["stage"],
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("reranker_ready", "1 when the model is loaded and warmed up", registry=r)
+        self.in_flight = Gauge("reranker_requests_in_flight", "Requests admitted to the model's queue and not yet answered",
+                               registry=r)
+
+    def watch_passage_cache(self, scorer: Callable[[], Any]) -> None:
+        """At each scrape, export ``scorer().cache_stats()`` when the scorer has that method (none before it loads)."""
+        self.registry.register(PassageCacheCollector(scorer))
 
     def observe_batch(self, pairs: int, tokens: int, seconds: float, waits: list[float]) -> None:
         self.batches.inc()
@@ -47,3 +64,40 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+CACHE_GAUGES = {"entries": "Passages held by the in-memory passage cache", "capacity": "The passage cache's bound, in passages",
+                "bytes": "Bytes of the passage states held by the cache"}
+
+
+class PassageCacheCollector:
+    """``reranker_passage_cache_{hits,misses}_total``, ``_entries``, ``_capacity``, ``_hit_ratio`` (and ``_bytes``,
+    ``reranker_passage_store_entries`` when reported), read from ``scorer().cache_stats()`` when scraped."""
+
+    def __init__(self, scorer: Callable[[], Any]):
+        self.scorer = scorer
+
+    def describe(self) -> list[Metric]:
+        return []  # the names depend on the scorer, known only at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        method = getattr(self.scorer(), "cache_stats", None)  # no import of any scorer: other scorers have no cache
+        if not callable(method):
+            return
+        try:
+            stats = method()
+        except Exception:  # a scrape never fails because of the cache's figures
+            log.exception("reading the passage cache's statistics failed")
+            return
+        if not stats:
+            return
+        hits, misses = int(stats.get("hits", 0)), int(stats.get("misses", 0))
+        yield CounterMetricFamily("reranker_passage_cache_hits", "Passage lookups answered by the in-memory cache", value=hits)
+        yield CounterMetricFamily("reranker_passage_cache_misses", "Passage lookups the in-memory cache did not hold", value=misses)
+        for key, help_text in CACHE_GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(f"reranker_passage_cache_{key}", help_text, value=float(stats[key]))
+        yield GaugeMetricFamily("reranker_passage_cache_hit_ratio", "hits / (hits + misses) since start (0 before any lookup)",
+                                value=hits / (hits + misses) if hits + misses else 0.0)
+        if "stored" in stats:
+            yield GaugeMetricFamily("reranker_passage_store_entries", "Passages in the on-disk passage store", value=float(stats["stored"]))

@@ -37,6 +37,9 @@ class ServerSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS (off when empty; '*' for any).")
     log_level: str = Field("info", description="uvicorn log level.")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM (or Ctrl-C): /ready answers 503 and new requests 503 at once; requests already "
+        "admitted are scored and answered for at most this long, then the rest get 503 with Retry-After and the server exits.")
 
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one model batch (pairs x padded length).")
