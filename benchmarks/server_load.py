@@ -11,25 +11,40 @@
    pairs of successful requests over the level's wall time; latencies are per request.
 4. The server's resident memory (psutil) sampled every 0.25 s through the run.
 
-Writes ``benchmarks/results/server_load.{md,json}``.
+``--cache-latency EXPORT`` measures instead the latency of ``POST /v1/rerank`` with ``--docs`` passages of about
+``--words`` words (windows of SciFact's corpus, ``../shared``; else the embedded demo corpus) at each of
+``--cache-levels`` concurrent clients, cold and warm: a cold pass sends passages the server has never seen (every
+request's are new), then a warm pass sends the same passages again, each request with another query (so only the
+passages repeat: the scorer's passage cache, not a response cache, makes the difference). p50/p95/p99 per pass, and
+the cache's hits and misses from /metrics. ``EXPORT`` is an exported ONNX folder, served as it is.
+
+Writes ``benchmarks/results/server_load.{md,json}``; each mode keeps the other's part of them.
 Usage: ``python benchmarks/server_load.py [--model FOLDER] [--backend onnx|torch] [--levels 1,8,32,64] [--duration 20]``
-(``--model`` is a student folder; with ``--backend onnx`` it is exported to ONNX int8 first.)
+(``--model`` is a student folder; with ``--backend onnx`` it is exported to ONNX int8 first), or
+``python benchmarks/server_load.py --cache-latency EXPORT [--cache-levels 1,8,32] [--docs 100] [--words 200]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown
+import server_soak as serving  # the helpers shared with the soak: passages, RSS, launching a server, a pass of requests
+from common import EXE, RESULTS, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown
+
+CACHE_HEADING = "## Passage cache: cold and warm latency"
+
+
+def pct(sorted_values: list[float], q: float) -> float | None:
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 3) if sorted_values else None
+
 
 # --- the load generator (a second process) -------------------------------------------------------
 
@@ -64,14 +79,10 @@ async def _generate(url: str, requests: list[dict], concurrency: int, duration: 
     for s, _, _ in records:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
     lat = sorted(sec for _, sec, _ in ok)
-
-    def pct(q: float) -> float | None:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None
-
     return {"concurrency": concurrency, "requests": len(records), "ok": len(ok), "errors": len(records) - len(ok),
             "statuses": statuses, "exceptions": errors, "wall_s": round(wall, 2),
             "pairs": sum(p for _, _, p in ok), "pairs_per_s": round(sum(p for _, _, p in ok) / wall, 2),
-            "p50_s": pct(0.50), "p95_s": pct(0.95), "p99_s": pct(0.99), "max_s": round(lat[-1], 3) if lat else None}
+            "p50_s": pct(lat, 0.50), "p95_s": pct(lat, 0.95), "p99_s": pct(lat, 0.99), "max_s": round(lat[-1], 3) if lat else None}
 
 
 def generate_main(args: argparse.Namespace) -> None:
@@ -124,32 +135,6 @@ def build_requests(scifact: str, run_path: Path, out: Path, n_queries: int, docs
     return len(requests)
 
 
-class RssSampler(threading.Thread):
-    """Resident memory of one process every ``every`` seconds, tagged with the current phase."""
-
-    def __init__(self, pid: int, every: float = 0.25):
-        super().__init__(daemon=True)
-        import psutil
-
-        self.proc, self.every, self.phase, self.samples = psutil.Process(pid), every, "start", []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        t0 = time.perf_counter()
-        while not self._halt.is_set():
-            try:
-                self.samples.append((round(time.perf_counter() - t0, 2), self.proc.memory_info().rss, self.phase))
-            except psutil.Error:  # the process ended
-                return
-            self._halt.wait(self.every)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-
-
 def metric_sum(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
@@ -163,13 +148,19 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32,64")
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds each level issues requests (then in-flight ones finish).")
     ap.add_argument("--queries", type=int, default=64, help="SciFact test queries to draw requests from.")
-    ap.add_argument("--docs", type=int, default=100, help="Passages per request (BM25's top).")
+    ap.add_argument("--docs", type=int, default=100, help="Passages per request (BM25's top; --cache-latency: corpus windows).")
     ap.add_argument("--top-n", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="Model threads, server and offline alike.")
     ap.add_argument("--batch-size", type=int, default=32, help="Offline scorer's batch size.")
     ap.add_argument("--offline-requests", type=int, default=4)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--cache-latency", type=Path, metavar="EXPORT", help="Measure cold vs warm passage-cache latency on this ONNX export.")
+    ap.add_argument("--cache-levels", default="1,8,32", help="--cache-latency: concurrent clients.")
+    ap.add_argument("--cache-requests", type=int, default=None, help="--cache-latency: requests per pass (default max(16, 2 x clients)).")
+    ap.add_argument("--cache-entries", type=int, default=None, help="--cache-latency: the server's passage-cache bound (default its own).")
+    ap.add_argument("--words", type=int, default=200, help="--cache-latency: words per passage.")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="Folder of server_load.{json,md} (each mode keeps the other's part).")
     # internal: the second processes
     ap.add_argument("--generate", help=argparse.SUPPRESS)
     ap.add_argument("--offline", help=argparse.SUPPRESS)
@@ -182,6 +173,8 @@ def main() -> None:
         return generate_main(args)
     if args.offline:
         return offline_main(args)
+    if args.cache_latency:
+        return cache_latency(args)
     run_benchmark(args)
 
 
@@ -219,46 +212,31 @@ def run_benchmark(args: argparse.Namespace) -> None:
     serve = [EXE, "serve", model, "--port", port, "--threads", args.threads, "--max-wait-ms", args.max_wait_ms,
              "--max-batch-tokens", args.max_batch_tokens, "--log-level", "warning"]
     shown = " ".join(str(c) for c in serve).replace(EXE, "reranker").replace(str(w), "$WORK")
-    log = open(w / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([str(c) for c in serve], stdout=log, stderr=subprocess.STDOUT)
-    sampler = RssSampler(server.pid)
-    sampler.start()
     levels = []
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"the server exited: {(w / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("the server was not ready after 300 s")
-            time.sleep(0.25)
-        sampler.phase = "ready"
-        for c in (int(x) for x in args.levels.split(",")):
-            sampler.phase = f"{c} clients"
-            before = httpx.get(url + "/metrics").text
-            out = w / f"level-{c}.json"
-            sh([*me, "--generate", url, "--concurrency", c, "--duration", args.duration, "--top-n", args.top_n, *common, "--out", out],
-               t, f"{c} concurrent clients")
-            after = httpx.get(url + "/metrics").text
-            level = json.loads(out.read_text())
-            batches = metric_sum(after, "reranker_batch_size_count") - metric_sum(before, "reranker_batch_size_count")
-            pairs = metric_sum(after, "reranker_batch_size_sum") - metric_sum(before, "reranker_batch_size_sum")
-            level["mean_batch_pairs"] = round(pairs / batches, 1) if batches else None
-            level["load_avg_1m"] = round(os.getloadavg()[0], 2)
-            levels.append(level)
-            print(json.dumps(level), file=sys.stderr, flush=True)
-        sampler.phase = "idle"
-        time.sleep(2)
-    finally:
-        sampler.stop()
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+    with serving.launched(serve, w / "server.log") as server:
+        sampler = serving.RssSampler(server.pid)
+        sampler.start()
+        try:
+            serving.wait_ready(url, server, w / "server.log")
+            sampler.phase = "ready"
+            for c in (int(x) for x in args.levels.split(",")):
+                sampler.phase = f"{c} clients"
+                before = httpx.get(url + "/metrics").text
+                out = w / f"level-{c}.json"
+                sh([*me, "--generate", url, "--concurrency", c, "--duration", args.duration, "--top-n", args.top_n, *common,
+                    "--out", out], t, f"{c} concurrent clients")
+                after = httpx.get(url + "/metrics").text
+                level = json.loads(out.read_text())
+                batches = metric_sum(after, "reranker_batch_size_count") - metric_sum(before, "reranker_batch_size_count")
+                pairs = metric_sum(after, "reranker_batch_size_sum") - metric_sum(before, "reranker_batch_size_sum")
+                level["mean_batch_pairs"] = round(pairs / batches, 1) if batches else None
+                level["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                levels.append(level)
+                print(json.dumps(level), file=sys.stderr, flush=True)
+            sampler.phase = "idle"
+            time.sleep(2)
+        finally:
+            sampler.stop()
     offline_after = offline("after")
     load["after"] = os.getloadavg()
     here = f"{sys.executable} {Path(__file__).resolve()}".replace(f"{ROOT.parent}/", "../")
@@ -283,8 +261,9 @@ def write_results(args, t, levels, off_before, off_after, samples, serve_cmd, n_
     env = environment("torch", "onnxruntime", "fastapi", "uvicorn")
     command = (f"python benchmarks/server_load.py --backend {args.backend} --levels {args.levels} --duration {args.duration:g} "
                f"--queries {args.queries} --docs {args.docs} --threads {args.threads}")
+    kept = {k: v for k, v in previous_json(args.results).items() if k == "cache_latency"}  # the other mode's figures stay
     write_json("server_load", {"command": command, "server_command": serve_cmd, "offline": {"before": off_before, "after": off_after, "mean_pairs_per_s": offline_rate},
-         "levels": levels, "rss": rss, "target_met_at_32": target, "load_avg": load, "timings": t, "env": env})
+         "levels": levels, "rss": rss, "target_met_at_32": target, "load_avg": load, "timings": t, "env": env, **kept}, args.results)
     rows = ["| clients | requests | errors | pairs/s | vs offline | p50 s | p95 s | p99 s | mean batch (pairs) | load avg |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in levels:
@@ -330,8 +309,88 @@ def write_results(args, t, levels, off_before, off_after, samples, serve_cmd, n_
         "",
         *timing_table(t, args.work),
     ]
-    write_markdown("server_load", md)
+    old = serving.section(previous_markdown(args.results), CACHE_HEADING)
+    write_markdown("server_load", serving.with_section(md, old, CACHE_HEADING) if old else md, args.results)
     print("\n".join(md))
+
+
+# --- cold and warm passage cache (--cache-latency EXPORT) ----------------------------------------------------------------
+
+
+def cache_latency(args: argparse.Namespace) -> None:
+    export, w = args.cache_latency, args.work
+    if not (export / "onnx_manifest.json").is_file():
+        sys.exit(f"{export}: not an exported ONNX folder (no onnx_manifest.json); export one with `reranker export`")
+    w.mkdir(parents=True, exist_ok=True)
+    levels = [int(x) for x in args.cache_levels.split(",")]
+    counts = {c: args.cache_requests or max(16, 2 * c) for c in levels}
+    source, texts = serving.passages(sum(counts.values()) * args.docs, args.words, args.shared)
+    queries, q = serving.corpus(args.shared)[2], itertools.count()
+    url = f"http://127.0.0.1:{(port := serving.free_port())}"
+    serve = [EXE, "serve", export, "--port", port, "--threads", args.threads, "--max-wait-ms", args.max_wait_ms,
+             "--max-batch-tokens", args.max_batch_tokens, "--log-level", "warning"]
+    env = {**os.environ, **({"RERANKER_CACHE_ENTRIES": str(args.cache_entries)} if args.cache_entries else {})}
+    rows, used = [], 0
+    with serving.launched(serve, w / "cache-server.log", env) as proc:
+        serving.wait_ready(url, proc, w / "cache-server.log")
+        for c in levels:
+            docs = [texts[(used + i) * args.docs : (used + i + 1) * args.docs] for i in range(counts[c])]  # never sent before
+            used += counts[c]
+            row: dict = {"concurrency": c}
+            for mode in ("cold", "warm"):  # warm: the same passages again, each request with another query
+                before = serving.cache_figures(url)
+                row[mode] = asyncio.run(serving.one_pass(url, [(queries[next(q) % len(queries)], d) for d in docs], c, args.top_n))
+                after = serving.cache_figures(url)
+                for key in ("hits", "misses"):
+                    got = (after[f"{key}_total"] or 0) - (before[f"{key}_total"] or 0) if after["capacity"] is not None else None
+                    row[mode][f"cache_{key}"] = None if got is None else int(got)
+                print(json.dumps({"concurrency": c, mode: row[mode]}), file=sys.stderr, flush=True)
+            rows.append(row)
+        cache = serving.cache_figures(url)
+    manifest = json.loads((export / "onnx_manifest.json").read_text())
+    shown = " ".join(str(c) for c in serve).replace(EXE, "reranker").replace(str(port), "PORT").replace(str(export), export.name)
+    command = (f"python benchmarks/server_load.py --cache-latency {export.name} --cache-levels {args.cache_levels} --docs {args.docs} "
+               f"--words {args.words} --threads {args.threads}" + (f" --cache-requests {args.cache_requests}" if args.cache_requests else "")
+               + (f" --cache-entries {args.cache_entries}" if args.cache_entries else ""))
+    result = {"command": command, "server_command": shown, "export": export.name, "layout": manifest.get("layout", "pair"),
+              "max_length": manifest.get("max_length"), "source": source, "docs": args.docs, "words": args.words,
+              "levels": rows, "cache_at_end": cache, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "env": environment("onnxruntime", "fastapi", "uvicorn")}
+    write_json("server_load", {**previous_json(args.results), "cache_latency": result}, args.results)
+    lines = cache_section(result)
+    write_markdown("server_load", serving.with_section(previous_markdown(args.results), lines, CACHE_HEADING), args.results)
+    print("\n".join(lines))
+
+
+def cache_section(r: dict) -> list[str]:
+    rows = ["| clients | requests | pass | p50 s | p95 s | p99 s | mean s | errors | cache hits | cache misses |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for lv in r["levels"]:
+        for mode in ("cold", "warm"):
+            x = lv[mode]
+            rows.append(f"| {lv['concurrency']} | {x['requests']} | {mode} | {x['p50_s']} | {x['p95_s']} | {x['p99_s']} | {x['mean_s']} | "
+                        f"{x['errors']} | {x['cache_hits']} | {x['cache_misses']} |")
+    end = r["cache_at_end"]
+    return [
+        CACHE_HEADING, "",
+        (f"Made by `{r['command']}` on {r['date']} ({r['env']['cores']} cores, onnxruntime {r['env']['onnxruntime']}). "
+         f"Server: `{r['server_command']}` ({r['layout']} layout, max length {r['max_length']} tokens)."),
+        (f"Each request: {r['docs']} passages of {r['words']} words (windows of {r['source']}), `POST /v1/rerank`, N clients in flight. "
+         "Cold: passages the server has never seen; warm: the same passages again right after, each request with another query."),
+        "", *rows, "",
+        ("No passage cache (a pair-layout export scores every pair in full)." if end["capacity"] is None else
+         f"Passage cache at the end: {end['entries']:.0f} of {end['capacity']:.0f} entries."), "",
+    ]
+
+
+def previous_json(out: Path = RESULTS) -> dict:
+    path = out / "server_load.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def previous_markdown(out: Path = RESULTS) -> list[str]:
+    path = out / "server_load.md"
+    return path.read_text().splitlines() if path.is_file() else ["# Re-rank server under load (loopback)", ""]
 
 
 if __name__ == "__main__":

@@ -300,3 +300,34 @@ def test_demo_extras_cover_the_serve_commands_the_demo_prints():
               TEACHERS[teacher].extra, *(TEACHERS[m["name"]].extra for m in members)} - {"core"}
     assert demo <= declared, demo - declared
     assert needed <= demo, f"`make demo` leaves out {sorted(needed - demo)}: the serve commands it prints would fail"
+
+
+# --- soak: memory after warm-up -------------------------------------------------------------------------------------------
+
+
+def soak_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("server_soak", REPO / "benchmarks" / "server_soak.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_growth_measure_sees_a_leak():
+    soak = soak_module()
+    flat = [(t, 100 * 2**20 + (t % 3) * 2**18) for t in range(100)]  # noise of 0.5 MiB, no trend
+    leaking = [(t, (100 + t / 5) * 2**20) for t in range(100)]  # +20 MiB over the run
+    assert abs(soak.growth(flat, 100)["growth_pct"]) < 1
+    assert soak.growth(leaking, 100)["growth_pct"] > soak.TARGET_GROWTH_PCT
+    assert soak.growth(leaking, 100)["baseline_mib"] == pytest.approx(100 + 24.5 / 5, abs=0.2)  # samples 20..29
+
+
+@pytest.mark.slow
+def test_short_soak_keeps_memory_flat_after_warm_up(ce_folder, tmp_path):
+    """25 s of two bounded clients on distinct passages (benchmarks/server_soak.py, the 600 s benchmark cut short)."""
+    soak = soak_module()
+    result = soak.soak(ce_folder, 25, clients=2, docs=10, every=0.5, cache_entries=200, threads=1, work=tmp_path)
+    assert result["requests"] >= 20 and result["errors"] == 0, result["statuses"]
+    assert len([t for t, _ in result["rss_samples"] if t >= 5]) >= 20  # the measure had samples after the warm-up
+    assert result["rss"]["growth_pct"] <= soak.TARGET_GROWTH_PCT, result["rss"]
