@@ -127,6 +127,7 @@ class OnnxScorer(PairScoring):
         self.separated = manifest.layout == "separated"
         self.cache = StateCache(cache_entries if self.separated else 0)
         self.store: PassageStore | None = None
+        self._store_hits = self._encoded = 0
         if self.separated:
             self._score_session, self.state_digest = self._score_graph(entry.sha256, intra_op_threads)
             if passage_store is not None:
@@ -231,8 +232,10 @@ class OnnxScorer(PairScoring):
 
     def cache_stats(self) -> dict[str, int]:
         """The in-memory passage cache's ``hits``, ``misses``, ``entries``, ``capacity`` and ``bytes`` (all 0 for a
-        pair-layout export, which has none), and ``stored``: passages in the on-disk store."""
-        return {**self.cache.stats(), "stored": len(self.store) if self.store is not None else 0}
+        pair-layout export, which has none); ``stored``: passages in the on-disk store, ``store_hits``: misses found
+        there; ``encoded``: passages encoded (found in neither)."""
+        return {**self.cache.stats(), "stored": len(self.store) if self.store is not None else 0, "store_hits": self._store_hits,
+                "encoded": self._encoded}
 
     # --- scoring ------------------------------------------------------------------------
 
@@ -298,10 +301,12 @@ class OnnxScorer(PairScoring):
             todo = [i for i, s in enumerate(states) if s is None]
             for i, s in zip(todo, self.store.get_many([keys[i] for i in todo])):
                 states[i] = s
+                self._store_hits += s is not None
             self.cache.put_many([keys[i] for i in todo if states[i] is not None], [states[i] for i in todo if states[i] is not None])
         todo = [i for i, s in enumerate(states) if s is None]
         if todo:
             fresh = self.encode_texts([documents[i] for i in todo], "document", batch_size)
+            self._encoded += len(todo)
             for i, s in zip(todo, fresh):
                 states[i] = s
             self.cache.put_many([keys[i] for i in todo], fresh)

@@ -107,7 +107,10 @@ def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
 
         torch.set_num_threads(settings.threads)
     if backend == "onnx":
-        options.update({k: v for k, v in (("intra_op_threads", settings.threads), ("precision", settings.precision)) if v})
+        options.update({k: v for k, v in (("intra_op_threads", settings.threads), ("precision", settings.precision),
+                                          ("passage_store", settings.passage_states)) if v})
+        if settings.cache_entries is not None:
+            options["cache_entries"] = settings.cache_entries
     start = time.perf_counter()
     scorer = load_model(source, backend, **options)
     log.info("loaded %s model %s (%s) in %.1f s", backend, source, getattr(scorer, "kind", "?"), time.perf_counter() - start)

@@ -34,6 +34,8 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="Intra-op CPU threads (torch or ONNX Runtime).")] = None,
     precision: Annotated[str | None, typer.Option(help="ONNX: fp32, int8 or fp16 (default int8 on CPU, fp16 on GPU, when exported).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name reported by the API.")] = None,
+    passage_states: Annotated[Path | None, typer.Option(help="ONNX separated export: passage states built for it (`reranker index --states-model`).")] = None,
+    cache_entries: Annotated[int | None, typer.Option(help="ONNX separated export: passages kept in memory (default 50000; 0: none).")] = None,
     cascade: Annotated[Path | None, typer.Option(help="Cascade config (YAML/JSON, e.g. RUN/cascade.yaml): also serve POST /search, "
                                                  "first stage -> student -> teacher over its corpus.")] = None,
     max_batch_tokens: Annotated[int | None, typer.Option(help="Token budget per model batch (default 16384).")] = None,

@@ -101,3 +101,8 @@ class PassageCacheCollector:
                                 value=hits / (hits + misses) if hits + misses else 0.0)
         if "stored" in stats:
             yield GaugeMetricFamily("reranker_passage_store_entries", "Passages in the on-disk passage store", value=float(stats["stored"]))
+        if "store_hits" in stats:
+            yield CounterMetricFamily("reranker_passage_store_hits", "In-memory misses found in the on-disk store", value=int(stats["store_hits"]))
+        if "encoded" in stats:
+            yield CounterMetricFamily("reranker_passages_encoded", "Passages encoded (in neither the cache nor the store)",
+                                      value=int(stats["encoded"]))

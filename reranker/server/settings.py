@@ -25,6 +25,10 @@ class ServerSettings(BaseSettings):
         None, description="ONNX: which exported graph (default int8 on CPU, fp16 on GPU, when exported). int8 quantises "
         "activations per batch, so its scores move slightly with batching; fp32 scores do not.")
     model_name: str | None = Field(None, description="Name reported by the API (default: the model folder's name).")
+    passage_states: str | None = Field(None, description="ONNX separated export: passage states built for it (`reranker index "
+                                       "--states-model`); default: the export's own passage_states folder when it matches.")
+    cache_entries: int | None = Field(None, ge=0, description="ONNX separated export: passages kept in the in-memory cache "
+                                      "(default 50000, about 2.5 KB each; 0: none).")
     warmup: bool = Field(True, description="Score a few pairs before reporting ready.")
     cascade: str | None = Field(
         None, description="Cascade config (YAML/JSON, e.g. a pipeline run's cascade.yaml): serve POST /search, first stage -> "

@@ -202,3 +202,62 @@ def test_states_stored_with_the_export_are_read_when_they_match(exported, tmp_pa
         fp32 = load_onnx(export, precision="fp32")
     assert fp32.store is None and fp32.cache_stats()["stored"] == 0
     assert "not using the export's passage states" in caplog.text and "stale passage states" in caplog.text
+
+
+def test_the_pipeline_stores_the_corpus_states_with_a_separated_export(exported, tmp_path):
+    """The export stage of a pipeline run: a separated export gets the corpus's passage states beside it, for the graph
+    the serving scorer loads, which then reads them (no passage of the corpus is encoded again)."""
+    import shutil
+
+    from reranker.io.dataset import demo_data
+    from reranker.pipeline import PipelineConfig
+    from reranker.pipeline.runner import Context
+    from reranker.pipeline.stages import serving_model, stage_export
+    from reranker.scoring import load_model
+
+    _, src, _, _ = exported
+    cfg = PipelineConfig(name="states", run_dir=str(tmp_path / "run"), corpus={"spec": str(demo_data() / "docs")},
+                         export={"precisions": ["fp32", "int8"], "serve": "fp32"})
+    ctx = Context(cfg, tmp_path / "run", tmp_path)
+    shutil.copytree(src, ctx.path("student", "model"))
+    out = stage_export(ctx)
+    folder, options = serving_model(ctx)
+    assert out["passage_states"]["precision"] == "fp32" and out["passage_states"]["passages"] > 10
+    scorer = load_model(folder, **options)
+    assert scorer.cache_stats()["stored"] == out["passage_states"]["passages"]
+    from reranker.io.dataset import load_dataset
+
+    docs = [d.contents for d in load_dataset(str(demo_data() / "docs")).corpus][:5]
+    scorer.score([("quarterly invoices", d) for d in docs] + [("quarterly invoices", "a text not in the corpus")])
+    stats = scorer.cache_stats()
+    assert stats["store_hits"] == 5 and stats["encoded"] == 1 and stats["entries"] == 6  # read from the store, then kept
+
+
+def test_the_server_reads_the_store_and_counts_its_cache(exported, tmp_path):
+    """A real server on the separated export with a passage store (settings passage_states, cache_entries): the
+    scores equal the scorer's, a repeated request is served from the cache, and /metrics says so."""
+    import httpx
+    from helpers import metric, running
+
+    from reranker.server.app import create_app
+    from reranker.server.settings import ServerSettings
+
+    _, _, folder, _ = exported
+    docs = list(dict.fromkeys(d for _, d in PAIRS + MORE))
+    build_passage_store(load_onnx(folder, precision="fp32", cache_entries=0), docs[:2], tmp_path / "states")
+    settings = ServerSettings(precision="fp32", passage_states=str(tmp_path / "states"), cache_entries=100, warmup=False)
+    body = {"query": "how do wind turbines work", "documents": docs, "return_raw_scores": True}
+    with running(create_app(str(folder), settings)) as url:
+        first = httpx.post(url + "/v1/rerank", json=body, timeout=60).json()
+        second = httpx.post(url + "/v1/rerank", json=body, timeout=60).json()
+        text = httpx.get(url + "/metrics", timeout=10).text
+    want = load_onnx(folder, precision="fp32").score([(body["query"], d) for d in docs])
+    got = {r["index"]: r["raw_score"] for r in first["results"]}
+    np.testing.assert_allclose([got[i] for i in range(len(docs))], want, rtol=0, atol=1e-5)
+    again = {r["index"]: r["raw_score"] for r in second["results"]}
+    np.testing.assert_allclose([again[i] for i in range(len(docs))], want, rtol=0, atol=1e-5)
+    unique = len(docs)
+    assert metric(text, "reranker_passage_store_entries") == 2
+    assert metric(text, "reranker_passage_cache_misses_total") == unique and metric(text, "reranker_passage_cache_hits_total") == unique
+    assert metric(text, "reranker_passage_cache_capacity") == 100
+    assert metric(text, "reranker_passage_store_hits_total") == 2 and metric(text, "reranker_passages_encoded_total") == unique - 2
