@@ -97,7 +97,11 @@ def term_ids(texts: Sequence[str], max_terms: int, buckets: int = DEFAULT_BUCKET
         raise RerankerError(f"lexical buckets must be at least 2, got {buckets}")
     if max_terms < 1:
         raise RerankerError(f"max_terms must be at least 1, got {max_terms}")
-    rows = [[term_id(t, buckets) for t in terms[:max_terms]] for terms in analyze_many(texts, language)]
+    return pad_ids([[term_id(t, buckets) for t in terms[:max_terms]] for terms in analyze_many(texts, language)])
+
+
+def pad_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    """Rows of term ids right-padded with 0 into one int64 array ``[len(rows), longest]`` (at least one column)."""
     out = np.zeros((len(rows), max([1, *map(len, rows)])), dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row

@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import MissingDependencyError, RerankerError
 from .io.files import sha256
+from .lexical import pad_ids
 from .onnx_manifest import OnnxManifest
 from .passage_cache import DEFAULT_CACHE_ENTRIES, STORE_DIR, STORE_FILE, PassageState, PassageStore, StateCache, text_key
 from .scoring import ONNX_MANIFEST, STUDENT_CONFIG, PairScoring
@@ -289,7 +290,7 @@ class OnnxScorer(PairScoring):
             chunk = pairs[start : start + SCORE_CHUNK]
             qs, ds = [q_states[q] for q, _ in chunk], [d_states[d] for _, d in chunk]
             feeds = {"query_vector": np.stack([s.vector for s in qs]), "doc_vector": np.stack([s.vector for s in ds]),
-                     "query_terms": _pad([s.terms for s in qs]), "doc_terms": _pad([s.terms for s in ds])}
+                     "query_terms": pad_ids([s.terms for s in qs]), "doc_terms": pad_ids([s.terms for s in ds])}
             scores[start : start + len(chunk)] = np.asarray(self._score_session.run(["score"], feeds)[0], np.float32).reshape(-1)
         return scores
 
@@ -368,14 +369,6 @@ def build_passage_store(scorer: OnnxScorer, texts: Sequence[str], folder: str | 
             store.add([keys[i] for i in idx], states)
             bar.update(len(idx))
     return len(todo), len(store)
-
-
-def _pad(rows: list[np.ndarray]) -> np.ndarray:
-    """Term-id rows right-padded with 0 into one int64 array (at least one column)."""
-    out = np.zeros((len(rows), max([1, *map(len, rows)])), dtype=np.int64)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = row
-    return out
 
 
 def load_onnx(folder: str | Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,

@@ -95,7 +95,12 @@ class HybridHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                 query_terms: torch.Tensor, doc_terms: torch.Tensor) -> torch.Tensor:
-        cosine, lexical = self.features(hidden, attention_mask, token_type_ids, query_terms, doc_terms)
+        return self.score(*pool_segments(hidden, attention_mask, token_type_ids), query_terms, doc_terms)
+
+    def score(self, query_vector: torch.Tensor, doc_vector: torch.Tensor, query_terms: torch.Tensor,
+              doc_terms: torch.Tensor) -> torch.Tensor:
+        """``w_sem * cosine + w_lex * lexical`` from the pooled vectors and term ids (:meth:`combine`)."""
+        cosine, lexical = self.combine(query_vector, doc_vector, query_terms, doc_terms)
         return self.sem_weight * cosine + self.lex_weight * lexical
 
     def save(self, folder: str | Path) -> Path:
@@ -126,17 +131,13 @@ class HybridHead(nn.Module):
 
 def pool_segments(hidden: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of each segment's states (token type 0: the query, 1: the document), fp32 ``[batch, hidden]`` each."""
-    hidden = hidden.float()
     valid = attention_mask.bool()
-    query, doc = valid & (token_type_ids == 0), valid & (token_type_ids == 1)
-    q_vec = (hidden * query.unsqueeze(-1)).sum(1) / query.sum(1, keepdim=True).clamp(min=1)
-    d_vec = (hidden * doc.unsqueeze(-1)).sum(1) / doc.sum(1, keepdim=True).clamp(min=1)
-    return q_vec, d_vec
+    return mean_pool(hidden, valid & (token_type_ids == 0)), mean_pool(hidden, valid & (token_type_ids == 1))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the states of one segment encoded alone (``[CLS] text [SEP]``), fp32 ``[batch, hidden]``: what
-    :func:`pool_segments` gives that segment in a pair."""
+    """The mean of the states where ``attention_mask`` is set, fp32 ``[batch, hidden]``: of one segment encoded alone
+    (``[CLS] text [SEP]``), or of one segment of a pair (:func:`pool_segments`)."""
     mask = attention_mask.unsqueeze(-1).float()
     return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
 
@@ -146,7 +147,7 @@ class SeparatedScore(nn.Module):
 
     The second graph of a separated export (:mod:`student.export`): the encoder graph turns each text into its vector
     once (a passage's can be cached), this one scores any pair of them. The same arithmetic as
-    :meth:`HybridHead.forward`, through :meth:`HybridHead.combine`."""
+    :meth:`HybridHead.forward`: :meth:`HybridHead.score`."""
 
     def __init__(self, head: HybridHead):
         super().__init__()
@@ -154,8 +155,7 @@ class SeparatedScore(nn.Module):
 
     def forward(self, query_vector: torch.Tensor, doc_vector: torch.Tensor, query_terms: torch.Tensor,
                 doc_terms: torch.Tensor) -> torch.Tensor:
-        cosine, lexical = self.head.combine(query_vector, doc_vector, query_terms, doc_terms)
-        return self.head.sem_weight * cosine + self.head.lex_weight * lexical
+        return self.head.score(query_vector, doc_vector, query_terms, doc_terms)
 
 
 def document_frequencies(config: Any, texts: Sequence[str]) -> tuple[torch.Tensor, float]:
