@@ -149,6 +149,13 @@ def main() -> None:
             kept = r["kept"]
             sd = f" ± {statistics.stdev(kept):.4f}" if len(kept) > 1 else ""
             md.append(f"| {design} | {alpha} | {r['teacher']:.4f} | {statistics.mean(r['start']):.4f} | {statistics.mean(kept):.4f}{sd} | {len(kept)} |")
+    cost = load("serving_cost")
+    if cost:
+        md += ["", "## Serving cost (a top 100 re-ranked, SciFact, 2 cores; `serving_cost.md`)", "",
+               "| configuration | pairs/s | query p50 ms | nDCG@10 |", "|---|---:|---:|---:|"]
+        md += [f"| {name} | {r['pairs_per_s']:,.1f} | {1000 * r['latency_p50_s']:,.0f} | {r['ndcg@10']:.4f} |"
+               for name, r in cost["rows"].items() if not name.startswith("t5")]
+        md += [""] + [f"- {t['target']}: {t['config']} {t['ratio']:.2f}x ({'met' if t['met'] else 'not met'})" for t in cost["targets"]]
     budget = load("label_budget")
     if budget:
         md += ["", "## Label budget (student nDCG@10 against teacher-labelled pairs; `label_budget.md`)", "",
