@@ -1,6 +1,6 @@
 # Set-up-and-go targets. Each creates .venv and installs what it needs on first use.
 #   make demo   the main job on the embedded corpus (offline, CPU)
-#   make test   the layer contract (import-linter), then the whole test suite
+#   make test   the layer contracts (import-linter), tests/core without torch, then the whole test suite
 # A CPU torch is installed before anything else so that pip never pulls the CUDA build;
 # on machines whose pip would fetch a CUDA torch, point TORCH_INDEX at PyTorch's CPU wheel index.
 PYTHON ?= python3
@@ -37,14 +37,17 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed-demo
 	$(BIN)/reranker demo
 
-# the layer contract (pyproject.toml [tool.importlinter]) first: it fails in seconds
+# the layer contracts (pyproject.toml [tool.importlinter]) first: they fail in seconds; then the core's tests with
+# neither torch nor student importable (the core is the base layer); then everything (import circles: tests/core/test_layers.py)
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/python tests/without_torch.py -q
 	$(BIN)/python -m pytest
 
 # the quick loop while developing: no integration (tests/app) and no slow modules (see tests/conftest.py)
 test-fast: install
 	$(BIN)/lint-imports
+	$(BIN)/python tests/without_torch.py -q -m "not slow"
 	$(BIN)/python -m pytest -m "not slow and not integration"
 
 benchmarks: install

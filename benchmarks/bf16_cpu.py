@@ -21,8 +21,8 @@ def main() -> None:
     import torch
 
     from reranker.io.dataset import load_dataset
+    from student.distill_config import bf16_supported
     from student.models import CrossEncoderStudent
-    from student.train import bf16_supported
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shared", type=Path, default=SHARED)

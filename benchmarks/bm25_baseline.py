@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown  # noqa: E402
+from common import EXE, ROOT, SHARED, environment, publish, sh, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -77,13 +77,8 @@ def main() -> None:
         "Recall@100 is of a top-100 run, so it is the run's recall, not BM25's recall@1000.",
         "",
         Path(f"{w}/dl19.md").read_text().strip(),
-        "",
-        "## Commands and wall time",
-        "",
-        *timing_table(t, w),
     ]
-    write_markdown("bm25_baseline", md)
-    print("\n".join(md))
+    publish("bm25_baseline", md, t, w)
 
 
 if __name__ == "__main__":

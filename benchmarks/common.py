@@ -80,3 +80,17 @@ def timing_table(timings: list[dict], work: Path) -> list[str]:
     rows += [f"| {t['step']} | {t['seconds']} | `{shown(t['command'])}` |" for t in timings]
     rows += ["", f"Total: {sum(t['seconds'] for t in timings):.0f} s."]
     return rows
+
+
+def timings_section(timings: list[dict], work: Path) -> list[str]:
+    """The ``## Commands and wall time`` section every result page ends with."""
+    return ["## Commands and wall time", "", *timing_table(timings, work)]
+
+
+def publish(name: str, lines: list[str], timings: list[dict], work: Path, out: Path = RESULTS) -> Path:
+    """A result page's tail, written once: ``lines``, then the commands and their wall time, to ``out/<name>.md``
+    (a hand-written ``## Reading`` kept, as :func:`write_markdown`), and the page on stdout."""
+    md = [*lines, "", *timings_section(timings, work)]
+    path = write_markdown(name, md, out)
+    print("\n".join(md))
+    return path

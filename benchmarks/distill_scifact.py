@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, SHARED, environment, machine_independent, sh, timing_table, write_json, write_markdown
+from common import EXE, SHARED, environment, machine_independent, publish, sh, write_json
 
 T5_SMALL = {"d_model": 256, "d_ff": 1024, "d_kv": 32, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 8,
             "dropout_rate": 0.1, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
@@ -118,13 +118,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
         f"| cross-encoder (MiniLM-L6 backbone) | {agree(ce, 'initial_metrics'):.4f} | {agree(ce, 'best_metrics'):.4f} | {ce['steps']} of {ce.get('total_steps', ce['steps'])} ({ce['best_step']}) | {ce['seconds']:.0f} |",
         f"| T5 (random init, d_model 256) | {agree(t5, 'initial_metrics'):.4f} | {agree(t5, 'best_metrics'):.4f} | {t5['steps']} of {t5.get('total_steps', t5['steps'])} ({t5['best_step']}) | {t5['seconds']:.0f} |",
-        "",
-        "## Commands and wall time",
-        "",
-        *timing_table(t, w),
     ]
-    write_markdown("distill_scifact", md)
-    print("\n".join(md))
+    publish("distill_scifact", md, t, w)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, SHARED, environment, sh, timing_table, write_json, write_markdown
+from common import EXE, SHARED, environment, publish, sh, write_json
 
 
 def main() -> None:
@@ -52,13 +52,8 @@ def main() -> None:
         "the students of `distill_scifact.md` (trained on SciFact synthetic queries only; never saw MS MARCO)."),
         "",
         (w / "report.md").read_text().strip(),
-        "",
-        "## Commands and wall time",
-        "",
-        *timing_table(t, w),
     ]
-    write_markdown("dl19_quality", md)
-    print("\n".join(md))
+    publish("dl19_quality", md, t, w)
 
 
 if __name__ == "__main__":

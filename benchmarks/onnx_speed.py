@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EXE, SHARED, environment, sh, timing_table, write_json, write_markdown
+from common import EXE, SHARED, environment, publish, sh, write_json
 
 BATCH = 32
 BATCH_PROBE = 64  # pairs also scored one at a time: max |score alone - score in its batch of BATCH|
@@ -371,10 +371,8 @@ def write_report(args, results: list[dict], rows: list[dict], qids: list[str], b
                "sigmoid(logit)" + (f"; largest |difference| from the torch-backend row's scores: {diff:.1e}." if diff is not None else "."))]
     shared = (" The CPU was shared with another job during this run (load average above the core count): absolute pairs/s "
               "are below an idle machine's and the ratios carry noise." if load[1] > (os.cpu_count() or 1) else "")
-    md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).{shared}", "",
-           "## Commands and wall time", "", *timing_table(t, w)]
-    write_markdown("onnx_speed", md)
-    print("\n".join(md))
+    md += ["", f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (1, 5, 15 min).{shared}"]
+    publish("onnx_speed", md, t, w)
 
 
 if __name__ == "__main__":

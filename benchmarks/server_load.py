@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_soak as serving  # the helpers shared with the soak: passages, RSS, launching a server, a pass of requests
-from common import EXE, RESULTS, ROOT, SHARED, environment, sh, timing_table, write_json, write_markdown
+from common import EXE, RESULTS, ROOT, SHARED, environment, sh, timings_section, write_json, write_markdown
 
 CACHE_HEADING = "## Passage cache: cold and warm latency"
 
@@ -95,7 +95,10 @@ def generate_main(args: argparse.Namespace) -> None:
 
 
 def offline_main(args: argparse.Namespace) -> None:
+    from reranker.app import register_backends
     from reranker.scoring import load_model
+
+    register_backends()  # --backend torch: the application's start-up, as the server's
 
     options: dict = {}
     backend = args.backend_of_folder
@@ -305,9 +308,7 @@ def write_results(args, t, levels, off_before, off_after, samples, serve_cmd, n_
         (f"1-minute load average: {load['before'][0]:.1f} before, {load['after'][0]:.1f} after (per level in the table). "
         "A load average above the core count means other processes shared the CPU during the run."),
         "",
-        "## Commands and wall time",
-        "",
-        *timing_table(t, args.work),
+        *timings_section(t, args.work),
     ]
     old = serving.section(previous_markdown(args.results), CACHE_HEADING)
     write_markdown("server_load", serving.with_section(md, old, CACHE_HEADING) if old else md, args.results)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,16 @@ def looks_like_path(value: str) -> bool:
     return value.startswith(("package:", ".", "/", "~")) or ("/" in value and not value.startswith("irds:")) or Path(value).suffix != ""
 
 
-def validation_problems(exc: ValidationError, top: str = "(top level)") -> str:
-    """``key.path: message; ...`` of a pydantic error: each problem named by its key (``top`` for the whole object)."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or top}: {e['msg']}" for e in exc.errors())
+def validation_problems(exc: ValidationError | Sequence[dict], top: str = "(top level)", *, skip: Sequence[str] = (),
+                        limit: int | None = None) -> str:
+    """``key.path: message; ...`` of a pydantic error (or its ``errors()`` list): each problem named by its key
+    (``top`` for the whole object), location parts in ``skip`` left out, at most ``limit`` problems and a count of
+    the rest. The one wording of schema problems: config files, distill options, the ONNX manifest, the server's 422s."""
+    errors = list(exc.errors() if isinstance(exc, ValidationError) else exc)
+    shown = errors if limit is None else errors[:limit]
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in skip) or top}: {e.get('msg', 'invalid')}" for e in shown]
+    more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
+    return "; ".join(parts) + more
 
 
 def json_or_text(value: str) -> Any:

@@ -161,8 +161,19 @@ def _encode_template(tokenizer: Any, config: StudentConfig, queries: list[str], 
 
 def truncate_texts(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:
     """Each text cut (as text, at a token's end offset) to at most ``max_tokens`` tokens (without special tokens):
-    tokenised again, the cut text gives the same first tokens."""
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    tokenised again, the cut text gives the same first tokens. The one truncation of the project: the students'
+    formatting and the server's ``max_tokens_per_doc``. A tokenizer without offsets (a slow one) cuts its tokens
+    and joins them back; no tokenizer at all cuts words."""
+    texts = list(texts)
+    if tokenizer is None:
+        return [t if len(w := t.split()) <= max_tokens else " ".join(w[:max_tokens]) for t in texts]
+    if not getattr(tokenizer, "is_fast", True):
+        out = []
+        for text in texts:
+            tokens = tokenizer.tokenize(text)
+            out.append(text if len(tokens) <= max_tokens else tokenizer.convert_tokens_to_string(tokens[:max_tokens]))
+        return out
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     out = []
     for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
         out.append(text[: offsets[max_tokens - 1][1]] if len(ids) > max_tokens else text)

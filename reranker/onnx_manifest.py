@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import validation_problems
 from .errors import RerankerError
 from .scoring import ONNX_MANIFEST
 
@@ -186,9 +187,7 @@ class OnnxManifest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            raise RerankerError(f"{path}: invalid manifest at {where!r}: {first['msg']} ({exc.error_count()} problem(s))") from None
+            raise RerankerError(f"{path}: invalid manifest: {validation_problems(exc)}") from None
 
 
 

@@ -1,7 +1,10 @@
 """Explicit registries of named backends, imported only when asked for.
 
 Every pluggable part (retrieval backends, teachers, query generators, scorers) lists its
-backends by name with the module, the class and the install extra. Nothing is imported
+backends by name with the module, the class and the install extra. A registry names only
+modules of its own layer or below: an upper layer adds its backends at start-up with
+:meth:`Registry.register` (the application registers the PyTorch student on the core's
+model registry). Nothing is imported
 until a name is looked up; an unknown name lists the known ones, and a backend whose
 packages are missing names the extra that brings them.
 """
@@ -26,9 +29,13 @@ class BackendSpec:
 class Registry:
     """Names -> :class:`BackendSpec`; ``load(name)`` imports and returns the class."""
 
-    def __init__(self, kind: str, entries: dict[str, BackendSpec]):
+    def __init__(self, kind: str, entries: dict[str, BackendSpec], unregistered: dict[str, str] | None = None):
         self.kind = kind
-        self.entries = entries
+        self.entries = dict(entries)
+        #: the names its own module gave it (the rest were registered by an upper layer at start-up)
+        self.own = frozenset(entries)
+        #: names an upper layer registers at its start-up -> what to do when one is asked for before that
+        self.unregistered = dict(unregistered or {})
 
     def __contains__(self, name: object) -> bool:
         return name in self.entries
@@ -42,9 +49,19 @@ class Registry:
     def items(self):
         return self.entries.items()
 
+    def register(self, name: str, spec: BackendSpec) -> None:
+        """Add ``name`` (an upper layer's backend, registered at its start-up); the same spec again is a no-op."""
+        known = self.entries.get(name)
+        if known is not None and known != spec:
+            raise RerankerError(f"{self.kind} {name!r} is already registered as {known.module}.{known.cls}")
+        self.entries[name] = spec
+
     def load(self, name: str) -> type:
         spec = self.entries.get(name)
         if spec is None:
+            hint = self.unregistered.get(name)
+            if hint:
+                raise RerankerError(f"the {self.kind} {name!r} is not registered: {hint}")
             raise RerankerError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.entries)}")
         try:
             module = importlib.import_module(spec.module)

@@ -1,8 +1,8 @@
 """One interface for every model that scores (query, document) pairs, and one loader for model folders.
 
 A :class:`Scorer` is what the batch re-ranker (``reranker rerank``), the HTTP server and the
-benchmarks call, whatever runs underneath: a PyTorch student (``student.models.Student``) or
-an exported ONNX folder run by ONNX Runtime. :func:`load_model` tells the two apart by the
+benchmarks call, whatever runs underneath: an exported ONNX folder run by ONNX Runtime (the
+core's own backend) or a PyTorch student, which the application registers at start-up. :func:`load_model` tells the two apart by the
 files in the folder (an ONNX export carries ``onnx_manifest.json``; a student folder
 ``student_config.json``) unless a backend is named.
 """
@@ -69,10 +69,14 @@ class PairScoring:
         return out
 
 
-MODEL_BACKENDS = Registry("model backend", {
-    "torch": BackendSpec("student.models", "load_student", "train", "a PyTorch student folder (student_config.json)"),
-    "onnx": BackendSpec("reranker.onnx_runtime", "load_onnx", "cpu", "an exported ONNX folder (onnx_manifest.json), ONNX Runtime"),
-})
+#: the core's model backends; the application adds ``torch`` (the PyTorch student) at start-up
+#: (:func:`reranker.app.register_backends`), so the core never reaches into ``student``
+MODEL_BACKENDS = Registry(
+    "model backend",
+    {"onnx": BackendSpec("reranker.onnx_runtime", "load_onnx", "cpu", "an exported ONNX folder (onnx_manifest.json), ONNX Runtime")},
+    unregistered={"torch": "a PyTorch student folder is loaded by the application (`reranker` CLI and server) or, "
+                           "from Python, after reranker.app.register_backends() (or with student.models.load_student)"},
+)
 
 
 def detect_backend(folder: str | Path) -> str:

@@ -48,17 +48,19 @@ class Measured:
     bytes: int
 
 
-def measure(candidates: list[tuple[Measured, object]], sample: ParitySample, passes: int = 2, batch_size: int = 32) -> list[Measured]:
+def measure(candidates: list[tuple[Measured, object]], sample: ParitySample, passes: int = 2, batch_size: int = 32,
+            clock=time.perf_counter) -> list[Measured]:
     """Time each candidate's scorer (an :class:`~reranker.onnx_runtime.OnnxScorer` that has already scored the sample
     once, the parity check: its warm-up) over ``sample``, ``passes`` rounds that take the candidates in turn (so a change
     in the machine's load falls on all of them alike, not on whichever came last); each keeps its best round.
-    ``candidates``: (the candidate with its parity scores and size, its scorer); returns them with pairs/s filled in."""
+    ``candidates``: (the candidate with its parity scores and size, its scorer); returns them with pairs/s filled in.
+    ``clock``: seconds (a test injects its own)."""
     best = [float("inf")] * len(candidates)
     for _ in range(max(1, passes)):
         for i, (_, scorer) in enumerate(candidates):
-            start = time.perf_counter()
+            start = clock()
             scorer.score(sample.pairs, batch_size=batch_size)
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], clock() - start)
     for (m, _), seconds in zip(candidates, best):
         m.pairs_per_second = len(sample.pairs) / seconds
         log.info("%s: %.1f pairs/s on %d pairs", m.name, m.pairs_per_second, len(sample.pairs))

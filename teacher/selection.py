@@ -222,13 +222,3 @@ def _tfidf(texts: Mapping[str, str], tokenize: Callable[[str], list[str]] | None
     m = m * idf
     m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
     return {q: m[i] for i, q in enumerate(qids)}
-
-
-def student_run(model_dir: str, queries, corpus, candidates: Run, batch_size: int = 32) -> Run:
-    """The student's scores for every candidate pair (a torch or ONNX student folder)."""
-    from reranker.rerank import score_pairs
-    from reranker.scoring import load_model
-
-    scorer = load_model(model_dir)
-    keyed = [(q, h.doc_id, queries[q].text, corpus[h.doc_id].contents) for q in sorted(candidates) for h in candidates.ranking(q)]
-    return score_pairs(scorer, keyed, name="student", batch_size=batch_size)

@@ -1,8 +1,10 @@
 """Shared fixtures: the real data sets in ../shared (skipped when absent), a tiny BEIR folder, a tiny student.
 
 Tests are laid out like the layers: ``core/`` (records, io, retrieval, evaluation, scoring), ``teacher/``,
-``student/`` and ``app/`` (CLI, server, pipeline, cascade, demo). Markers: every test in ``app/`` is
-``integration``; the modules in :data:`SLOW_MODULES` are ``slow``. ``pytest -m "not slow and not integration"``
+``student/`` and ``app/`` (CLI, server, pipeline, cascade, demo). Markers are set by each module
+(``pytestmark``): every module in ``app/`` is ``integration`` (checked at collection); modules that train or export
+models or read a whole real data set (a minute or more on 2 cores) are ``slow``. ``tests/core`` runs with neither
+torch nor ``student`` importable (``tests/without_torch.py``, a step of ``make test``). ``pytest -m "not slow and not integration"``
 (``make test-fast``) is the quick loop; ``make test`` and CI run everything.
 """
 
@@ -16,19 +18,14 @@ from helpers import TINY_DOCS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TESTS = Path(__file__).resolve().parent
-#: modules that train or export models or read a whole real data set (each takes a minute or more on 2 cores)
-SLOW_MODULES = {"test_distill", "test_onnx_export", "test_precision", "test_quantize", "test_teacher_tune", "test_ray",
-                "test_labeling", "test_label_store", "test_generate", "test_selection", "test_reference", "test_calibration",
-                "test_teacher_llama_openai"}
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        path = Path(str(item.fspath)).resolve()
-        if TESTS / "app" in path.parents:
-            item.add_marker(pytest.mark.integration)
-        if path.stem in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)
+    """Each module sets its own markers (``pytestmark``); an ``app/`` test that forgot ``integration`` fails here."""
+    unmarked = sorted({item.module.__name__ for item in items
+                       if TESTS / "app" in Path(str(item.fspath)).resolve().parents and item.get_closest_marker("integration") is None})
+    if unmarked:
+        raise pytest.UsageError(f"tests/app modules must set pytestmark = pytest.mark.integration: {', '.join(unmarked)}")
 
 
 def _require(path: Path, what: str) -> Path:

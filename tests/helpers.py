@@ -20,9 +20,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
-
-from student.models import CrossEncoderStudent
 
 #: the repository root
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +150,10 @@ def wait_for(url: str, path: str, timeout: float, proc: subprocess.Popen | None 
 
 def save_tiny_ce(root: Path) -> Path:
     """The tiny BERT cross-encoder (seeded) saved as a student folder, ``root/model``."""
+    import torch
+
+    from student.models import CrossEncoderStudent
+
     torch.manual_seed(0)
     student = CrossEncoderStudent.from_config(BERT_CONFIG, tiny_bert_tokenizer(), max_length=40, query_max_length=8)
     return student.save_pretrained(root / "model")
@@ -200,6 +201,7 @@ TEXTS = [
 
 
 def build_tiny_lm(folder, with_answers: bool = True):
+    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 

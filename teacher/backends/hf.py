@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from reranker.errors import MissingDependencyError, RerankerError
+from reranker.errors import MissingDependencyError
 
 from ..base import Generated, Pair, QueryGenerator, TeacherError
 from ..llm import LLMTeacher, chat_prompt
@@ -61,6 +61,47 @@ def kept_prefix_length(decode, ids: Sequence[int], kept: str) -> int:
     return len(ids)
 
 
+
+def load_causal_lm(name: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                   adapter: str | None = None):
+    """``(model, tokenizer, device, torch dtype)``: the causal LM ``name`` (a hub id or a local folder) in eval mode on
+    ``device`` (default CUDA when there is one), bf16 on CUDA and fp32 on CPU unless ``dtype`` names one, with a
+    LoRA ``adapter`` applied when given; the tokenizer pads on the left (the last position is the next token's) and
+    always has a padding token. The one loader of the query generator and the teacher."""
+    try:
+        import torch
+        import transformers
+        from packaging.version import Version
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise MissingDependencyError("the hf backends", "llm", exc) from exc
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise TeacherError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **{dtype_key: torch_dtype})
+    except OSError as exc:
+        raise TeacherError(f"cannot load the causal LM {name!r} (a hub id or a local folder): {exc}") from None
+    if adapter:
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise MissingDependencyError("LoRA adapters", "llm", exc) from exc
+        model = PeftModel.from_pretrained(model, adapter)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None and tokenizer.unk_token is None:
+            raise TeacherError(f"the tokenizer of {name!r} has neither a padding, an end-of-sequence nor an unknown token")
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token_id is not None else tokenizer.unk_token
+    return model.to(device).eval(), tokenizer, device, torch_dtype
+
+
 class HFGenerator(QueryGenerator):
     """Any transformers causal LM, by hub id or local folder; batched, left-padded generation.
 
@@ -94,32 +135,9 @@ class HFGenerator(QueryGenerator):
         """Load the tokenizer and the model now (otherwise at the first :meth:`generate`)."""
         if self.model is not None:
             return
-        import torch
-        import transformers
-        from packaging.version import Version
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        name, remote = self.params["model"], self.params["trust_remote_code"]
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = self.params["dtype"]
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype, None)
-            if not isinstance(torch_dtype, torch.dtype):
-                raise TeacherError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-        dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=remote)
-            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=remote, **{dtype_key: torch_dtype})
-        except OSError as exc:
-            raise TeacherError(f"cannot load the causal LM {name!r} (a hub id or a local folder): {exc}") from None
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token_id is None:
-                raise TeacherError(f"the tokenizer of {name!r} has neither a padding nor an end-of-sequence token")
-            tokenizer.pad_token = tokenizer.eos_token
-        self.model, self.tokenizer, self.device = model.to(device).eval(), tokenizer, device
+        name = self.params["model"]
+        model, tokenizer, device, torch_dtype = load_causal_lm(name, self.device, self.params["dtype"], self.params["trust_remote_code"])
+        self.model, self.tokenizer, self.device = model, tokenizer, device
         log.info("loaded %s on %s (%s)", name, device, torch_dtype)
 
     def _eos_ids(self) -> set[int]:
@@ -213,10 +231,14 @@ class HFTeacher(LLMTeacher):
     def __init__(
         self, model: str, prompt: str = "relevance-zeroshot", temperature: float = 1.0, max_length: int = 1024,
         max_doc_chars: int = 2000, batch_size: int = 8, device: str | None = None, adapter: str | None = None,
+        dtype: str = "auto", trust_remote_code: bool = False,
     ):
-        super().__init__(prompt, temperature, max_doc_chars, model=model, max_length=max_length, adapter=adapter)
+        # dtype and trust_remote_code join the fingerprint only when set, so label stores made before they existed still match
+        extra = {k: v for k, v in (("dtype", dtype), ("trust_remote_code", trust_remote_code)) if v not in ("auto", False)}
+        super().__init__(prompt, temperature, max_doc_chars, model=model, max_length=max_length, adapter=adapter, **extra)
         self.batch_size = batch_size
         self.device = device
+        self.dtype, self.trust_remote_code = dtype, trust_remote_code
         self._model = None
         self._tok = None
         self._answer_ids: list[list[int]] = []
@@ -224,33 +246,12 @@ class HFTeacher(LLMTeacher):
     def warm_up(self) -> None:
         if self._model is not None:
             return
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise MissingDependencyError("the hf teacher", "llm", exc) from exc
-        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        try:
-            self._tok = AutoTokenizer.from_pretrained(self.params["model"])
-            model = AutoModelForCausalLM.from_pretrained(self.params["model"], dtype=dtype)
-        except OSError as exc:
-            raise RerankerError(f"could not load the hf teacher model {self.params['model']!r}: {exc}") from None
-        if self.params["adapter"]:
-            try:
-                from peft import PeftModel
-            except ImportError as exc:
-                raise MissingDependencyError("LoRA adapters", "llm", exc) from exc
-            model = PeftModel.from_pretrained(model, self.params["adapter"])
-        self._model = model.to(device).eval()
-        self._device = device
-        self._tok.padding_side = "left"
+        self._model, self._tok, self._device, dtype = load_causal_lm(
+            self.params["model"], self.device, self.dtype, self.trust_remote_code, adapter=self.params["adapter"])
         self._tok.truncation_side = "left"  # an over-long prompt loses its start, never the answer position
         self._chat = bool(self.template.meta.get("chat") and getattr(self._tok, "chat_template", None))
-        if self._tok.pad_token is None:
-            self._tok.pad_token = self._tok.eos_token or self._tok.unk_token
         self._answer_ids = [self._first_token_ids(variants) for variants in self.answers]
-        log.info("hf teacher %s on %s (%s), prompt %s", self.params["model"], device, dtype, self.prompt_version)
+        log.info("hf teacher %s on %s (%s), prompt %s", self.params["model"], self._device, dtype, self.prompt_version)
 
     def _first_token_ids(self, variants: list[str]) -> list[int]:
         """The first token of each variant; a variant that is no single token of the vocabulary is left out."""

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from helpers import save_tiny_ce
 
+from reranker.app import register_backends
 from reranker.scoring import load_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def application_started():
+    """The application's start-up, as the CLI and the server run it: the PyTorch student is the ``torch`` backend."""
+    register_backends()
 
 
 @pytest.fixture(scope="module")

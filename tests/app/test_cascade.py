@@ -1,4 +1,4 @@
-"""The cascade's config file and its ordering (reranker/cascade.py), shared by the evaluation and ``/search``."""
+"""The cascade's config file and its ordering (reranker/app/cascade.py), shared by the evaluation and ``/search``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reranker.cascade import CascadeConfig, cascade_order, load_cascade_config, student_ranking
+from reranker.app.cascade import CascadeConfig, cascade_order, load_cascade_config, student_ranking
 from reranker.errors import RerankerError
+
+pytestmark = pytest.mark.integration
 
 
 def write(path: Path, data: dict) -> Path:

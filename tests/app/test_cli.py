@@ -10,6 +10,8 @@ from helpers import ok, user_error
 from reranker.evaluation import evaluate
 from reranker.io.trec import read_qrels, read_run
 
+pytestmark = pytest.mark.integration
+
 
 def test_index_retrieve_evaluate_round_trip(tiny_beir, tmp_path):
     ok("index", tiny_beir, "--out", tmp_path / "idx")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import ok
+
+pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_offline_and_reports_three_retrievers(tmp_path):

@@ -15,11 +15,13 @@ import pytest
 import yaml
 from helpers import BERT_CONFIG, EXE, REPO, cli, kill_mid_labelling, labels_in, ok, tiny_bert_tokenizer, user_error
 
-from reranker.cascade import load_cascade_config
+from reranker.app.cascade import load_cascade_config
+from reranker.app.pipeline.evaluate import cascade_run
 from reranker.io.dataset import demo_data
-from reranker.pipeline.evaluate import cascade_run
 from reranker.records import Run
 from reranker.scoring import load_model
+
+pytestmark = pytest.mark.integration
 
 
 def tiny_config(tmp: Path, name: str) -> Path:
@@ -191,7 +193,7 @@ def test_cascade_puts_the_teachers_picks_first():
 
 @pytest.mark.parametrize("name", ["pipeline-gpu-t5-base.yaml", "pipeline-openai-teacher.yaml"])
 def test_shipped_configs_are_valid(name):
-    from reranker.pipeline import DEFAULT_CONFIG, PipelineConfig, load_pipeline_config
+    from reranker.app.pipeline import DEFAULT_CONFIG, PipelineConfig, load_pipeline_config
 
     cfg = PipelineConfig(**yaml.safe_load((REPO / "configs" / name).read_text()))
     assert cfg.evaluate.data is not None and cfg.promote.enabled
@@ -202,23 +204,25 @@ def test_shipped_configs_are_valid(name):
 def test_distill_fingerprint_covers_defaults_and_the_recipe(tmp_path, monkeypatch):
     """A run made by older code or under other defaults is not 'up to date': the distill stage's fingerprint input
     holds every resolved setting and the training code's recipe version, not only the options the config names."""
-    import student.train
-    from reranker.pipeline import PipelineConfig
+    import student.distill_config
+    from reranker.app.pipeline import PipelineConfig
+    from reranker.app.pipeline.stages import STAGE_LIST
 
     cfg = PipelineConfig(**yaml.safe_load(tiny_config(tmp_path, "fp").read_text()))
-    section = cfg.section("distill")
-    assert section["max_pairs"] == student.train.DistillConfig.model_fields["max_pairs"].default  # a default, not in the yaml
-    assert section["recipe"] == student.train.RECIPE_VERSION and "train" not in section
-    monkeypatch.setattr(student.train, "RECIPE_VERSION", "a later recipe")
-    assert cfg.section("distill") != section
+    distill = next(s for s in STAGE_LIST if s.name == "distill")
+    section = distill.section(cfg)
+    assert section["max_pairs"] == student.distill_config.DistillConfig.model_fields["max_pairs"].default  # a default, not in the yaml
+    assert section["recipe"] == student.distill_config.RECIPE_VERSION and "train" not in section
+    monkeypatch.setattr(student.distill_config, "RECIPE_VERSION", "a later recipe")
+    assert distill.section(cfg) != section
 
 
 def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path):
     """The pipeline's default export measures fp32 and both int8 graphs on the run's held-out synthetic pairs
     (no judgements: fidelity to fp32), keeps the fastest within max_ndcg_drop, and evaluation loads that one."""
-    from reranker.pipeline import PipelineConfig
-    from reranker.pipeline.runner import Context
-    from reranker.pipeline.stages import serving_model, stage_export
+    from reranker.app.pipeline import PipelineConfig
+    from reranker.app.pipeline.runner import Context
+    from reranker.app.pipeline.stages import stage_export
 
     data = yaml.safe_load(tiny_config(tmp_path, "auto").read_text())
     del data["export"]
@@ -232,6 +236,6 @@ def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path)
     assert choice["max_ndcg_drop"] == 0.005 and len(choice["candidates"]) >= 1
     chosen = next(c for c in choice["candidates"] if c["name"] == choice["candidate"])
     assert chosen["within_budget"] and chosen["ndcg_drop"] <= 0.005
-    folder, options = serving_model(ctx)
+    folder, options = ctx.serving_model()
     assert folder == ctx.path("onnx") and options == {}
     assert load_model(folder, **options).precision == choice["precision"]

@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
+
+pytestmark = pytest.mark.integration
 
 ROOT = REPO
 spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")

@@ -7,6 +7,7 @@ checked against the same folder loaded directly (scorer.score), not against the 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,23 +28,24 @@ from helpers import (
     wait_for,
 )
 
+from reranker.app.server.app import create_app
+from reranker.app.server.batching import split_windows
+from reranker.app.server.settings import ServerSettings
 from reranker.scoring import load_model, sigmoid
-from reranker.server.app import create_app
-from reranker.server.batching import split_windows
-from reranker.server.settings import ServerSettings
 from student.models import T5Student
 
 
-class Slow:
-    """A real scorer whose ``score`` sleeps first (``first`` seconds on the first call, ``delay`` after)."""
+class Gated:
+    """A real scorer whose ``score`` waits until the test opens :attr:`gate` (``entered`` is set once a call waits):
+    the test decides when the model finishes, so no verdict depends on how long a sleep lasted."""
 
-    def __init__(self, inner, delay: float = 0.0, first: float | None = None):
-        self.inner, self.delay, self.first, self.calls = inner, delay, first, 0
+    def __init__(self, inner):
+        self.inner, self.gate, self.entered = inner, threading.Event(), threading.Event()
         self.kind, self.tokenizer = inner.kind, inner.tokenizer
 
     def score(self, pairs, batch_size: int = 32):
-        self.calls += 1
-        time.sleep(self.first if self.calls == 1 and self.first is not None else self.delay)
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
         return self.inner.score(pairs, batch_size)
 
     def pair_lengths(self, pairs):
@@ -53,7 +55,7 @@ class Slow:
         return self.inner.rank(query, documents, top_n, batch_size)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
@@ -215,13 +217,16 @@ def test_metrics_count_requests_pairs_and_batches(server):
 
 
 def test_not_ready_is_503_with_retry_after(ce_folder):
-    slow = Slow(load_model(ce_folder), first=3.0)  # the warm-up takes 3 s
+    slow = Gated(load_model(ce_folder))  # the warm-up lasts until the gate opens
     with running(create_app(slow, ServerSettings()), wait="/health") as url:
-        r = httpx.get(f"{url}/ready")
-        assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"] == "1"
-        assert httpx.get(f"{url}/health").status_code == 200  # alive while loading
-        r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "loading" in r.json()["message"]
+        try:
+            r = httpx.get(f"{url}/ready")
+            assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"] == "1"
+            assert httpx.get(f"{url}/health").status_code == 200  # alive while loading
+            r = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1" and "loading" in r.json()["message"]
+        finally:
+            slow.gate.set()
         wait_for(url, "/ready", 30)
         assert httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
 
@@ -268,24 +273,33 @@ def test_concurrent_requests_score_as_one_at_a_time(server, reference):
 
 def test_a_full_queue_answers_429_with_retry_after(ce_folder):
     reference = load_model(ce_folder)
-    slow = Slow(load_model(ce_folder), delay=1.0)
+    slow = Gated(load_model(ce_folder))
     settings = ServerSettings(max_queue_pairs=8, max_documents=8, max_wait_ms=0, warmup=False)
     with running(create_app(slow, settings)) as url:
         def call(i):
             return httpx.post(f"{url}/v2/rerank", json={"query": f"solar {i}", "documents": DOCS + DOCS[:2], "return_raw_scores": True},
                               timeout=60)
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(call, range(4)))
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(call, 0)
+            try:
+                assert slow.entered.wait(30)  # request 0's pairs are in the model (out of the queue)
+                second = pool.submit(call, 1)
+                deadline = time.monotonic() + 30  # request 1's 8 pairs wait in the queue: it is full
+                while metric(httpx.get(f"{url}/metrics").text, "reranker_queue_pairs") < 8 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                rejected = call(2)
+            finally:
+                slow.gate.set()
+            answers = [first.result(), second.result(), rejected, call(3)]  # once scored, the queue has room again
         metrics = httpx.get(f"{url}/metrics").text
-    statuses = sorted(r.status_code for r in answers)
-    assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
+    assert [r.status_code for r in answers] == [200, 200, 429, 200]
     for i, r in enumerate(answers):
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["message"]
         else:
             got = {x["index"]: x["raw_score"] for x in r.json()["results"]}
             assert [got[j] for j in range(8)] == pytest.approx(direct(reference, f"solar {i}", DOCS + DOCS[:2]).tolist(), abs=1e-5)
-    assert metric(metrics, "reranker_rejected_total", reason="queue_full") == statuses.count(429)
+    assert metric(metrics, "reranker_rejected_total", reason="queue_full") == 1
 
 
 def test_split_windows():

@@ -10,6 +10,7 @@ run of ``rerank_run``, the teacher's judgements of the student's top picks and t
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -21,20 +22,20 @@ import torch
 import yaml
 from helpers import BERT_CONFIG, metric, running, tiny_bert_tokenizer, user_error, wait_for
 
+from reranker.app.pipeline.evaluate import cascade_run
+from reranker.app.server.app import create_app
+from reranker.app.server.settings import ServerSettings
 from reranker.io.dataset import load_dataset
-from reranker.pipeline.evaluate import cascade_run
 from reranker.records import Query, Run
 from reranker.registry import BackendSpec
 from reranker.rerank import rerank_run
 from reranker.retrieval import build_index
 from reranker.scoring import load_model, sigmoid
-from reranker.server.app import create_app
-from reranker.server.settings import ServerSettings
 from student.models import CrossEncoderStudent
 from teacher.backends.lexical import BM25Teacher
 from teacher.base import TEACHERS, Pair, make_teacher
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration]
 
 STUDENT_TOP_K, TEACHER_TOP_K = 6, 3
 DOCS = [
@@ -188,7 +189,7 @@ FOLDER_DOCS = {  # 10-word passages: each document is 2-4 passages
 def test_a_folder_corpus_answers_with_documents_each_at_its_best_passage(student_folder, tmp_path):
     """A folder of documents is split into passages: /search folds the cascade's passage order into documents as the
     evaluation folds its runs (``document_run``), names the best passage, and returns that passage's text and scores."""
-    from reranker.cascade import load_cascade_config
+    from reranker.app.cascade import load_cascade_config
     from reranker.config import read_data
     from reranker.io.documents import document_run
 
@@ -280,30 +281,38 @@ def test_without_a_cascade_search_is_a_404_that_says_how(student_folder):
 # --- start-up: ready only with the cascade loaded; a broken cascade is reported -----------------------
 
 
-class SlowBM25Teacher(BM25Teacher):
-    """The real BM25 teacher, 3 s slower to prepare (a corpus that takes a while to load)."""
+class GatedBM25Teacher(BM25Teacher):
+    """The real BM25 teacher whose preparation waits for the test to open :attr:`gate` (a corpus that takes a
+    while to load): the test decides when loading ends, so no verdict depends on how long a sleep lasted."""
 
-    name = "slow-bm25"
+    name = "gated-bm25"
+    gate: ClassVar[threading.Event] = threading.Event()
     prepared: ClassVar[list[float]] = []
 
     def prepare(self, corpus) -> None:
-        time.sleep(3)
+        assert GatedBM25Teacher.gate.wait(60), "the test never opened the gate"
         super().prepare(corpus)
-        SlowBM25Teacher.prepared.append(time.monotonic())
+        GatedBM25Teacher.prepared.append(time.monotonic())
 
 
 def test_ready_only_after_the_cascade_is_loaded(student_folder, tmp_path, monkeypatch):
-    monkeypatch.setitem(TEACHERS.entries, "slow-bm25", BackendSpec(__name__, "SlowBM25Teacher", "core", "test"))
-    config = write_cascade(tmp_path, teacher="slow-bm25")
-    with running(create_app(str(student_folder), ServerSettings(cascade=str(config))), wait="/health") as url:
-        r = httpx.get(f"{url}/ready")
-        assert r.status_code == 503 and r.json()["status"] == "loading" and not SlowBM25Teacher.prepared
-        r = httpx.post(f"{url}/search", json={"query": "solar power"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        wait_for(url, "/ready", 60)
-        ready_at = time.monotonic()
-        assert SlowBM25Teacher.prepared and SlowBM25Teacher.prepared[-1] < ready_at
-        assert [x["stage"] for x in search(url, "solar power")["results"]][:TEACHER_TOP_K] == ["teacher"] * TEACHER_TOP_K
+    monkeypatch.setitem(TEACHERS.entries, "gated-bm25", BackendSpec(__name__, "GatedBM25Teacher", "core", "test"))
+    GatedBM25Teacher.gate.clear()
+    GatedBM25Teacher.prepared.clear()
+    config = write_cascade(tmp_path, teacher="gated-bm25")
+    try:
+        with running(create_app(str(student_folder), ServerSettings(cascade=str(config))), wait="/health") as url:
+            r = httpx.get(f"{url}/ready")
+            assert r.status_code == 503 and r.json()["status"] == "loading" and not GatedBM25Teacher.prepared
+            r = httpx.post(f"{url}/search", json={"query": "solar power"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            GatedBM25Teacher.gate.set()
+            wait_for(url, "/ready", 60)
+            ready_at = time.monotonic()
+            assert GatedBM25Teacher.prepared and GatedBM25Teacher.prepared[-1] < ready_at
+            assert [x["stage"] for x in search(url, "solar power")["results"]][:TEACHER_TOP_K] == ["teacher"] * TEACHER_TOP_K
+    finally:
+        GatedBM25Teacher.gate.set()  # never leave a loader thread waiting
 
 
 def test_a_cascade_that_fails_to_load_is_reported(student_folder, tmp_path):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from helpers import DOCS, EXE, QUERY, SETTINGS, direct, free_port, running, wait_for
 
+from reranker.app.server.app import create_app
+from reranker.app.server.client import RerankAPIError, RerankClient
+from reranker.app.server.settings import ServerSettings
 from reranker.scoring import load_model, sigmoid
-from reranker.server.app import create_app
-from reranker.server.client import RerankAPIError, RerankClient
-from reranker.server.settings import ServerSettings
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

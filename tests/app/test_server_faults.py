@@ -28,13 +28,13 @@ import pytest
 import yaml
 from helpers import DOCS, EXE, REPO, direct, free_port, metric, running, wait_for
 
+from reranker.app.server import cli as server_cli
+from reranker.app.server.app import create_app
+from reranker.app.server.settings import ServerSettings
 from reranker.retrieval.base import BACKENDS
 from reranker.scoring import MODEL_BACKENDS
-from reranker.server import cli as server_cli
-from reranker.server.app import create_app
-from reranker.server.settings import ServerSettings
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration]
 
 #: what a client sees when the server process is gone: a connection refused, reset or cut mid-response
 GONE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)

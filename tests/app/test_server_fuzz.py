@@ -18,9 +18,11 @@ import pytest
 import torch
 from helpers import BERT_CONFIG, running, tiny_bert_tokenizer
 
-from reranker.server.app import create_app
-from reranker.server.settings import ServerSettings
+from reranker.app.server.app import create_app
+from reranker.app.server.settings import ServerSettings
 from student.models import CrossEncoderStudent
+
+pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 50
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import ok, user_error
 
 from reranker.io.groups import read_groups
 from teacher.generate import read_synthetic
+
+pytestmark = pytest.mark.integration
 
 
 def test_generate_then_label_then_export(tmp_path):

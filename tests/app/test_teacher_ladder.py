@@ -18,6 +18,8 @@ import teacher_ladder  # noqa: E402
 from reranker.io.groups import read_groups  # noqa: E402
 from student.losses import listwise_kl  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 
 def test_the_blend_runs_from_the_ensemble_to_the_oracle():
     assert teacher_ladder.blend(1.3, 1, 0.0) == 1.3

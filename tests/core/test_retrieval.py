@@ -27,12 +27,20 @@ def corpus() -> Corpus:
     return Corpus(Document(d["_id"], d["text"], d["title"]) for d in TINY_DOCS)
 
 
+def _needs(backend: str) -> None:
+    """pyserini and sentence-transformers import torch themselves: under tests/without_torch.py their tests skip
+    (the full suite runs them); bm25s needs nothing more."""
+    if backend in ("pyserini", "dense"):
+        pytest.importorskip("torch", reason=f"the {backend} backend's library imports torch")
+
+
 def _top(run, qid):
     return run.ranking(qid)[0].doc_id
 
 
 @pytest.mark.parametrize("backend", ["bm25s", "pyserini"])
 def test_bm25_backends_rank_the_matching_document_first_and_reload(backend, corpus, tmp_path):
+    _needs(backend)
     retriever = build_index(corpus, backend, out=tmp_path / "idx", corpus_name="tiny")
     run = retriever.search(QUERIES, k=10)
     assert {q: _top(run, q) for q in QUERIES} == EXPECTED_TOP
@@ -48,6 +56,7 @@ def test_bm25_backends_rank_the_matching_document_first_and_reload(backend, corp
 
 def test_bm25s_and_pyserini_agree_on_the_order(corpus):
     """Same parameters, same analyzer family: the two BM25s rank the tiny corpus alike."""
+    _needs("pyserini")
     a = build_index(corpus, "bm25s", k1=0.9, b=0.4).search(QUERIES, k=3)
     b = build_index(corpus, "pyserini", k1=0.9, b=0.4).search(QUERIES, k=3)
     for q in QUERIES:
@@ -69,6 +78,7 @@ def test_k_larger_than_corpus_and_empty_queries(corpus):
 
 @pytest.fixture(scope="module")
 def dense(corpus):
+    _needs("dense")
     return build_index(corpus, "dense")
 
 

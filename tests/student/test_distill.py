@@ -42,7 +42,7 @@ def write_groups(folder: Path) -> tuple[Path, Path]:
     return folder / "train.jsonl", folder / "dev.jsonl"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread, restored after the module
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # one intra-op thread, restored after the module
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_the_hybrid_head_starts_from_the_teacher(groups, tokenizers, tmp_path):
 
 
 def test_bf16_is_chosen_by_the_hardware_and_refused_where_it_is_missing(groups, tokenizers, tmp_path, monkeypatch):
-    import student.train as train
+    import student.distill_config as train
 
     assert train.resolve_bf16(False) is False
     assert train.resolve_bf16(None) is train.bf16_supported()[0]

@@ -33,7 +33,7 @@ MORE = [("solar", "wind turbines " * 60), ("coal power", "burning coal"), ("batt
         ("how do wind turbines work", "wind"), ("store energy", "coal releases carbon " * 5)]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +247,8 @@ def test_serving_an_export_imports_neither_torch_nor_teacher_nor_student(exporte
     code = (
         "import sys, json\n"
         "from fastapi.testclient import TestClient\n"
-        "from reranker.server.app import create_app\n"
-        "from reranker.server.settings import ServerSettings\n"
+        "from reranker.app.server.app import create_app\n"
+        "from reranker.app.server.settings import ServerSettings\n"
         f"app = create_app(settings=ServerSettings(model={str(folder)!r}, threads=1))\n"
         "import time\n"
         "with TestClient(app) as client:\n"

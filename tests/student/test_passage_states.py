@@ -209,10 +209,10 @@ def test_the_pipeline_stores_the_corpus_states_with_a_separated_export(exported,
     the serving scorer loads, which then reads them (no passage of the corpus is encoded again)."""
     import shutil
 
+    from reranker.app.pipeline import PipelineConfig
+    from reranker.app.pipeline.runner import Context
+    from reranker.app.pipeline.stages import stage_export
     from reranker.io.dataset import demo_data
-    from reranker.pipeline import PipelineConfig
-    from reranker.pipeline.runner import Context
-    from reranker.pipeline.stages import serving_model, stage_export
     from reranker.scoring import load_model
 
     _, src, _, _ = exported
@@ -221,7 +221,7 @@ def test_the_pipeline_stores_the_corpus_states_with_a_separated_export(exported,
     ctx = Context(cfg, tmp_path / "run", tmp_path)
     shutil.copytree(src, ctx.path("student", "model"))
     out = stage_export(ctx)
-    folder, options = serving_model(ctx)
+    folder, options = ctx.serving_model()
     assert out["passage_states"]["precision"] == "fp32" and out["passage_states"]["passages"] > 10
     scorer = load_model(folder, **options)
     assert scorer.cache_stats()["stored"] == out["passage_states"]["passages"]
@@ -239,8 +239,8 @@ def test_the_server_reads_the_store_and_counts_its_cache(exported, tmp_path):
     import httpx
     from helpers import metric, running
 
-    from reranker.server.app import create_app
-    from reranker.server.settings import ServerSettings
+    from reranker.app.server.app import create_app
+    from reranker.app.server.settings import ServerSettings
 
     _, _, folder, _ = exported
     docs = list(dict.fromkeys(d for _, d in PAIRS + MORE))

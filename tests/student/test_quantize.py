@@ -14,7 +14,7 @@ from student.export import export_student  # noqa: E402
 from student.parity import load_parity_sample  # noqa: E402
 from student.quantize import node_sensitivity, quantize_dynamic_int8, swept_nodes  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 
 def _two_matmuls(path, rng):

@@ -14,6 +14,8 @@ from reranker.io.jsonl import read_corpus_jsonl, read_queries_jsonl
 from teacher.calibration import Calibration, ece, fit_calibration, nll, reliability_plot, report
 from teacher.store import LabelStore
 
+pytestmark = pytest.mark.slow
+
 
 def overconfident(n, seed, scale=4.0, shift=0.0):
     """True log-odds z; labels drawn from sigmoid(z); the teacher reports scale * z + shift (over-confident)."""

@@ -31,6 +31,8 @@ from teacher.generate import (
 )
 from teacher.prompts import load_prompt
 
+pytestmark = pytest.mark.slow
+
 DEMO_DOCS = REPO / "reranker" / "data" / "demo" / "docs"
 PASSAGES = [
     (

@@ -19,6 +19,8 @@ from teacher.labeling import label_pairs
 from teacher.mining import mine_candidates
 from teacher.store import LabelStore
 
+pytestmark = pytest.mark.slow
+
 DOCS = {f"d{i}": f"document {i} about topic {i % 3} and energy {'solar' if i % 2 else 'wind'}" for i in range(12)}
 CORPUS = Corpus(Document(k, v) for k, v in DOCS.items())
 QUERIES = {f"q{i}": Query(f"q{i}", f"topic {i} solar energy") for i in range(3)}

@@ -13,6 +13,8 @@ from teacher.labeling import label_pairs
 from teacher.mining import mine_candidates
 from teacher.store import LabelStore
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def local_ray():

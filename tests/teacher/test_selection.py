@@ -9,6 +9,8 @@ from reranker.errors import RerankerError
 from reranker.records import Run
 from teacher.selection import embed_queries, kmeans, select_pairs, take_budget
 
+pytestmark = pytest.mark.slow
+
 
 def candidates(n_queries=12, depth=6) -> Run:
     run = Run(name="bm25")

@@ -26,6 +26,8 @@ from teacher.base import Pair, TeacherError, make_generator, make_teacher
 from teacher.llm import judgement_from_logprobs
 from teacher.prompts import load_prompt
 
+pytestmark = pytest.mark.slow
+
 N_CTX = 1024
 
 # (query, a passage that answers it, a passage about something else)

@@ -12,6 +12,8 @@ from reranker.errors import RerankerError
 from teacher.base import Pair, make_teacher
 from teacher.tune import TuneConfig, tune_teacher
 
+pytestmark = pytest.mark.slow
+
 torch.set_num_threads(1)
 
 SEEDS = [

@@ -10,16 +10,9 @@ from typing import Annotated
 
 import typer
 
+from reranker.app.cli.options import ParamOpt, params_of
+
 log = logging.getLogger("reranker")
-
-ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Teacher parameter KEY=VALUE (JSON values parse), repeatable.")]
-
-
-def _params(items: list[str] | None) -> dict:
-    from reranker.config import key_values
-
-    return key_values(items)
-
 
 def label(
     dataset: Annotated[str, typer.Argument(help="Data set spec (the corpus; its queries unless --queries is given).")],
@@ -54,7 +47,7 @@ def label(
 
     ds = load_dataset(dataset, split=split)
     qs, positives = read_queries_file(queries) if queries else (ds.require_queries(), {})
-    t = make_teacher(teacher, **_params(param))
+    t = make_teacher(teacher, **params_of(param))
     if candidates is not None:
         cands = read_run(candidates).restrict(qs)
     else:
@@ -81,16 +74,29 @@ def label(
     )
 
 
+def _student_scores(model_dir: Path, queries, corpus, candidates):
+    """The student's scores for every candidate pair (a torch or ONNX student folder): what uncertainty and
+    disagreement selection weigh. The application loads the student; ``teacher`` only takes its scores."""
+    from reranker.app import register_backends
+    from reranker.rerank import score_pairs
+    from reranker.scoring import load_model
+
+    register_backends()
+    scorer = load_model(model_dir)
+    keyed = [(q, h.doc_id, queries[q].text, corpus[h.doc_id].contents) for q in sorted(candidates) for h in candidates.ranking(q)]
+    return score_pairs(scorer, keyed, name="student")
+
+
 def _select(cands, budget, strategy, student, encoder, qs, corpus, st, t, seed):
     """The candidates' pairs to label this round: ``budget`` new ones chosen by ``strategy``, plus the done ones."""
     from reranker.errors import RerankerError
-    from teacher.selection import STRATEGIES, embed_queries, select_pairs, student_run
+    from teacher.selection import STRATEGIES, embed_queries, select_pairs
 
     if strategy not in STRATEGIES:
         raise RerankerError(f"--select {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     keys = [(q, h.doc_id) for q in cands for h in cands.ranking(q)]
     done = st.done(t.fingerprint, t.prompt_version, keys)
-    scores = student_run(str(student), qs, corpus, cands) if student is not None and strategy in ("uncertainty", "disagreement") else None
+    scores = _student_scores(student, qs, corpus, cands) if student is not None and strategy in ("uncertainty", "disagreement") else None
     emb = embed_queries({q: qs[q].text for q in cands}, encoder) if strategy == "diversity" else None
     chosen = select_pairs(cands, budget, strategy, student=scores, embeddings=emb, exclude=done, seed=seed)
     typer.echo(f"selected {chosen.num_entries()} new pairs of {len(keys) - len(done)} unlabelled ({strategy}, budget {budget})")
@@ -126,7 +132,7 @@ def generate_queries(
     from teacher.generate import generate_queries as run
 
     ds = load_dataset(dataset, split=split)
-    gen = make_generator(generator, **_params(param))
+    gen = make_generator(generator, **params_of(param))
     filters = FilterConfig(min_words=min_words, max_words=max_words, keep_top_share=keep_top, consistency_k=consistency_k)
     seed_pairs = load_seed_pairs(seeds, ds.corpus) if seeds else None
     start = time.perf_counter()
@@ -146,6 +152,3 @@ def generate_queries(
 def register(app: typer.Typer) -> None:
     app.command("generate-queries")(generate_queries)
     app.command("label")(label)
-    from .seeds import register as register_seed_commands
-
-    register_seed_commands(app)

@@ -11,8 +11,8 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from .config import PipelineConfig, load_pipeline_config
-from .runner import Context, Manifest, run_stages
+from reranker.app.pipeline.config import PipelineConfig, load_pipeline_config
+from reranker.app.pipeline.runner import Context, Manifest, run_stages
 
 __all__ = ["DEFAULT_CONFIG", "PipelineConfig", "load_pipeline_config", "run_pipeline"]
 
@@ -22,8 +22,10 @@ DEFAULT_CONFIG = Path(str(resources.files("reranker") / "data" / "pipelines" / "
 def run_pipeline(config: str | Path | None = None, start_from: str | None = None, run_dir: str | Path | None = None,
                  overrides: dict | None = None, progress=None) -> tuple[Context, Manifest]:
     """Run the pipeline of ``config`` (default: the embedded demo); returns its context and manifest."""
-    from .stages import STAGE_LIST, check_stage
+    from reranker.app import register_backends
+    from reranker.app.pipeline.stages import STAGE_LIST, check_stage
 
+    register_backends()
     check_stage(start_from)
     path = Path(config) if config is not None else DEFAULT_CONFIG
     cfg, base = load_pipeline_config(path)

@@ -4,7 +4,7 @@ The first stage retrieves ``top_k`` candidates for the judged queries; the stude
 serving model: ONNX when exported) and, when asked, the teacher re-rank them. The cascade
 re-ranks the first stage's ``student_top_k`` with the student and the student's
 ``teacher_top_k`` with the teacher (the rest keeps the student's order below them), as the
-server's ``/search`` does (:mod:`reranker.cascade`), and writes ``cascade.yaml`` for it. Passage
+server's ``/search`` does (:mod:`reranker.app.cascade`), and writes ``cascade.yaml`` for it. Passage
 runs over a chunked corpus are folded to documents (best passage) before scoring. Writes
 ``evaluation/`` (TREC runs, report.md/json) and returns the metrics with the pairs/s of each
 re-ranker.
@@ -17,9 +17,9 @@ import logging
 import time
 from typing import Any
 
-from ..cascade import cascade_order, student_ranking, teacher_judgements
-from ..records import Run
-from .runner import Context
+from reranker.app.cascade import cascade_order, student_ranking, teacher_judgements
+from reranker.app.pipeline.runner import Context
+from reranker.records import Run
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def cascade_run(first: Run, student: Run, teacher_scores: Run, student_top_k: in
     """BM25 -> student on ``student_top_k`` -> teacher on the student's ``teacher_top_k``.
 
     The teacher's picks rank above the rest (whose order is the student's), as
-    :func:`reranker.cascade.cascade_order` orders them; scores are offsets that keep that order, for TREC files.
+    :func:`reranker.app.cascade.cascade_order` orders them; scores are offsets that keep that order, for TREC files.
     """
     out = Run(name="cascade")
     for qid in first:
@@ -64,9 +64,8 @@ def write_cascade_config(ctx: Context) -> None:
     """
     import yaml
 
-    from ..cascade import CascadeConfig
-    from ..config import looks_like_path, resolve_path
-    from .stages import serving_model
+    from reranker.app.cascade import CascadeConfig
+    from reranker.config import looks_like_path, resolve_path
 
     spec = ctx.config.corpus
     portable = spec.spec if spec.spec.startswith("package:") or not looks_like_path(spec.spec) \
@@ -78,12 +77,12 @@ def write_cascade_config(ctx: Context) -> None:
     data = cfg.model_dump(exclude_none=True)
     data["corpus"] = {k: v for k, v in data["corpus"].items() if v is not None}
     header = (f"# The cascade that pipeline {ctx.config.name!r} evaluated, over the pipeline's corpus; serve it with\n"
-              f"#   reranker serve {serving_model(ctx)[0]} --cascade {ctx.path('cascade.yaml')}\n")
+              f"#   reranker serve {ctx.serving_model()[0]} --cascade {ctx.path('cascade.yaml')}\n")
     ctx.path("cascade.yaml").write_text(header + yaml.safe_dump(data, sort_keys=False))
 
 
 def _timed_rerank(scorer, queries, corpus, run: Run, top_k: int) -> tuple[Run, float]:
-    from ..rerank import rerank_run
+    from reranker.rerank import rerank_run
 
     start = time.perf_counter()
     out = rerank_run(scorer, queries, corpus, run, top_k=top_k)
@@ -109,17 +108,15 @@ def _teacher_rerank(teacher, queries, corpus, run: Run, top_k: int, batch_pairs:
 
 
 def evaluate_models(ctx: Context) -> dict[str, Any]:
+    from reranker.evaluation import compare
+    from reranker.io.documents import document_run
+    from reranker.io.trec import write_run
+    from reranker.retrieval import build_index
+    from reranker.scoring import load_model
     from teacher.base import make_teacher
 
-    from ..evaluation import compare
-    from ..io.documents import document_run
-    from ..io.trec import write_run
-    from ..retrieval import build_index
-    from ..scoring import load_model
-    from .stages import load_data, serving_model
-
     ev = ctx.config.evaluate
-    ds = load_data(ctx, ev.data)
+    ds = ctx.data(ev.data)
     queries, qrels = ds.require_queries(), ds.require_qrels()
     queries = {q: v for q, v in queries.items() if q in qrels}
     out_dir = ctx.path("evaluation")
@@ -130,7 +127,7 @@ def evaluate_models(ctx: Context) -> dict[str, Any]:
     first.name = ev.first_stage
     runs: dict[str, Run] = {ev.first_stage: first.top_k(ev.top_k)}
     speed: dict[str, float] = {}
-    model_dir, options = serving_model(ctx)
+    model_dir, options = ctx.serving_model()
     scorer = load_model(model_dir, **options)
     runs["student"], speed["student"] = _timed_rerank(scorer, queries, ds.corpus, first, depth)
     teacher_run = None

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import DataFormatError, RerankerError
-from ..io.jsonl import iter_jsonl, open_text
+from reranker.errors import DataFormatError, RerankerError
+from reranker.io.jsonl import iter_jsonl, open_text
 
 KINDS = ("judgement", "click", "skip")
 

@@ -10,9 +10,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from reranker.io.documents import ChunkConfig
+
 
 class ServerSettings(BaseSettings):
-    """Options of :func:`reranker.server.app.create_app` and ``reranker serve``."""
+    """Options of :func:`reranker.app.server.app.create_app` and ``reranker serve``."""
 
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
 
@@ -59,8 +61,9 @@ class ServerSettings(BaseSettings):
     # --- long documents ---------------------------------------------------------------------
     long_docs: Literal["truncate", "window"] = Field(
         "truncate", description="truncate: cut to the model's length; window: score overlapping word windows, keep the max.")
-    window_words: int = Field(150, ge=1, description="long_docs=window: words per window.")
-    window_overlap: int = Field(50, ge=0, description="long_docs=window: words shared by neighbouring windows.")
+    # the windows default to the passages' own (ChunkConfig): a long document is cut as the corpus was at index time
+    window_words: int = Field(ChunkConfig.words, ge=1, description="long_docs=window: words per window.")
+    window_overlap: int = Field(ChunkConfig.overlap, ge=0, description="long_docs=window: words shared by neighbouring windows.")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Self
 
 import httpx
 
-from ..errors import RerankerError
+from reranker.errors import RerankerError
 
 
 @dataclass(frozen=True)

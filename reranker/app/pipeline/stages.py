@@ -13,23 +13,15 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..config import DataSpec, read_data
-from ..errors import RerankerError
-from .runner import Context, Stage
+from reranker.app.pipeline.runner import Context, Stage
+from reranker.config import DataSpec
+from reranker.errors import RerankerError
 
 log = logging.getLogger(__name__)
 
 
-def load_data(ctx: Context, spec: DataSpec):
-    """The data set ``spec`` names (loaded once per run)."""
-    key = json.dumps(spec.model_dump(), sort_keys=True)
-    if key not in ctx.cache:
-        ctx.cache[key] = read_data(spec, ctx.base)
-    return ctx.cache[key]
-
-
 def _feedback(ctx: Context):
-    from .feedback import read_feedback
+    from reranker.app.pipeline.feedback import read_feedback
 
     if not ctx.config.feedback:
         return []
@@ -49,7 +41,7 @@ def stage_queries(ctx: Context) -> dict[str, Any]:
     from teacher.generate import FilterConfig, SeedPair, generate_queries, write_synthetic
 
     q = ctx.config.queries
-    corpus = load_data(ctx, ctx.config.corpus).corpus
+    corpus = ctx.data(ctx.config.corpus).corpus
     gen = make_generator(q.generator, **q.params)
     seeds = None
     if q.use_feedback_as_seeds and not gen.takes_documents:
@@ -69,8 +61,8 @@ def _norm(text: str) -> str:
 
 def _training_queries(ctx: Context):
     """Synthetic queries plus the feedback's queries (a feedback query with a synthetic query's text is that query)."""
-    from ..io.dataset import read_queries_file
-    from ..records import Query
+    from reranker.io.dataset import read_queries_file
+    from reranker.records import Query
 
     queries, positives = read_queries_file(ctx.path("queries.jsonl"))
     by_text = {_norm(q.text): qid for qid, q in queries.items()}
@@ -92,13 +84,12 @@ def _feedback_pairs(ctx: Context, queries) -> list[tuple[str, str, float]]:
 
 
 def stage_candidates(ctx: Context) -> dict[str, Any]:
+    from reranker.io.trec import write_run
+    from reranker.retrieval import build_index
     from teacher.mining import mine_candidates
 
-    from ..io.trec import write_run
-    from ..retrieval import build_index
-
     c = ctx.config.candidates
-    corpus = load_data(ctx, ctx.config.corpus).corpus
+    corpus = ctx.data(ctx.config.corpus).corpus
     queries, positives = _training_queries(ctx)
     retrievers = [build_index(corpus, name, ctx.path("index", name), corpus_name=ctx.config.name) for name in c.retrievers]
     run = mine_candidates(queries, retrievers, k=c.depth, positives=positives, n_negatives=c.negatives, seed=ctx.config.seed)
@@ -113,14 +104,13 @@ def stage_candidates(ctx: Context) -> dict[str, Any]:
 
 
 def stage_labels(ctx: Context) -> dict[str, Any]:
+    from reranker.io.trec import read_run
     from teacher.base import make_teacher
     from teacher.labeling import label_pairs
     from teacher.store import LabelStore
 
-    from ..io.trec import read_run
-
     lab = ctx.config.labels
-    corpus = load_data(ctx, ctx.config.corpus).corpus
+    corpus = ctx.data(ctx.config.corpus).corpus
     queries, positives = _training_queries(ctx)
     teacher = make_teacher(lab.teacher, **lab.params)
     with LabelStore(ctx.path("labels.sqlite")) as store:
@@ -163,9 +153,8 @@ def _apply_feedback(pairs: list[tuple[str, str, float]], groups_path: Path) -> i
 
 
 def stage_distill(ctx: Context) -> dict[str, Any]:
+    from reranker.config import resolve_path
     from student.train import distill, load_config
-
-    from ..config import resolve_path
 
     options = dict(ctx.config.distill)
     if options.get("tokenizer"):
@@ -200,45 +189,36 @@ def _store_passage_states(ctx: Context) -> dict[str, Any]:
     """The corpus's passage states for the graph the serving scorer loads, in ``onnx/passage_states``."""
     import time
 
-    from ..onnx_runtime import build_passage_store, load_onnx
-    from ..passage_cache import STORE_DIR
+    from reranker.onnx_runtime import build_passage_store, load_onnx
+    from reranker.passage_cache import STORE_DIR
 
-    folder, options = serving_model(ctx)
+    folder, options = ctx.serving_model()
     scorer = load_onnx(folder, cache_entries=0, **options)
     start = time.perf_counter()
-    texts = [d.contents for d in load_data(ctx, ctx.config.corpus).corpus]
+    texts = [d.contents for d in ctx.data(ctx.config.corpus).corpus]
     _, total = build_passage_store(scorer, texts, folder / STORE_DIR)
     return {"passages": total, "precision": scorer.precision, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def serving_model(ctx: Context) -> tuple[Path, dict[str, Any]]:
-    """The folder (and load options) that evaluation and promotion use and `serve` should get:
-    the ONNX export at ``export.serve`` precision when there is one, else the torch student."""
-    e = ctx.config.export
-    if e.enabled and ctx.path("onnx").is_dir():
-        return ctx.path("onnx"), {} if e.serve == "auto" else {"precision": e.serve}
-    return ctx.path("student", "model"), {}
 
 
 # --- evaluate, promote --------------------------------------------------------------------
 
 
 def stage_evaluate(ctx: Context) -> dict[str, Any]:
-    from .evaluate import evaluate_models
+    from reranker.app.pipeline.evaluate import evaluate_models
 
     return evaluate_models(ctx)
 
 
 def stage_promote(ctx: Context) -> dict[str, Any]:
-    from .promote import promote
+    from reranker.app.pipeline.promote import promote
 
     return promote(ctx)
 
 
 def _checksums(ctx: Context, *specs: DataSpec | None, feedback: bool = False) -> dict[str, str | None]:
     """Checksums of the local files a stage reads, so that an edited corpus or new feedback reruns it."""
-    from ..config import looks_like_path, resolve_path
-    from ..io.files import sha256
+    from reranker.config import looks_like_path, resolve_path
+    from reranker.io.files import sha256
 
     out: dict[str, str | None] = {}
     for spec in specs:
@@ -256,17 +236,19 @@ def _checksums(ctx: Context, *specs: DataSpec | None, feedback: bool = False) ->
 #: the stages in their order: the one list of their names, outputs and inputs
 STAGE_LIST = [
     Stage("queries", ("queries.jsonl", "queries-stats.json"), stage_queries,
+          lambda c: {"corpus": c.corpus, "queries": c.queries, "seed": c.seed, "feedback": c.feedback},
           inputs=lambda ctx: _checksums(ctx, ctx.config.corpus, feedback=True)),
-    Stage("candidates", ("candidates.trec", "index"), stage_candidates, inputs=lambda ctx: _checksums(ctx, feedback=True)),
+    Stage("candidates", ("candidates.trec", "index"), stage_candidates, lambda c: c.candidates,
+          inputs=lambda ctx: _checksums(ctx, feedback=True)),
     # labels.sqlite is not an output but a cache: teacher labels are paid for, and a rerun with other
     # inputs (new feedback, more queries) reuses every pair labelled before by the same teacher and prompt
-    Stage("labels", ("groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels,
+    Stage("labels", ("groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels, lambda c: c.labels,
           inputs=lambda ctx: _checksums(ctx, feedback=True)),
-    Stage("distill", ("student",), stage_distill),
-    Stage("export", ("onnx",), stage_export, enabled=lambda cfg: cfg.export.enabled),
-    Stage("evaluate", ("evaluation", "cascade.yaml"), stage_evaluate, enabled=lambda cfg: cfg.evaluate.data is not None,
-          inputs=lambda ctx: _checksums(ctx, ctx.config.evaluate.data)),
-    Stage("promote", ("promotion.json",), stage_promote, enabled=lambda cfg: cfg.promote.enabled),
+    Stage("distill", ("student",), stage_distill, lambda c: c.distill_settings()),
+    Stage("export", ("onnx",), stage_export, lambda c: c.export, enabled=lambda cfg: cfg.export.enabled),
+    Stage("evaluate", ("evaluation", "cascade.yaml"), stage_evaluate, lambda c: c.evaluate,
+          enabled=lambda cfg: cfg.evaluate.data is not None, inputs=lambda ctx: _checksums(ctx, ctx.config.evaluate.data)),
+    Stage("promote", ("promotion.json",), stage_promote, lambda c: c.promote, enabled=lambda cfg: cfg.promote.enabled),
 ]
 
 

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import RerankerError
-from ..records import Qrels, Run
-from .runner import Context
+from reranker.app.pipeline.runner import Context
+from reranker.errors import RerankerError
+from reranker.records import Qrels, Run
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,20 @@ def version_model(folder: Path) -> Path:
 
 
 def dev_run(scorer, groups) -> Run:
-    from ..rerank import score_pairs
+    from reranker.rerank import score_pairs
 
     return score_pairs(scorer, [(g.query_id, c.doc_id, g.query, c.text) for g in groups for c in g.candidates], name="dev")
 
 
 def promote(ctx: Context) -> dict[str, Any]:
+    from reranker.evaluation import compare
     from reranker.io.groups import read_groups
-
-    from ..evaluation import compare
-    from ..scoring import load_model
-    from .stages import serving_model
+    from reranker.scoring import load_model
 
     cfg = ctx.config.promote
     models_dir = Path(cfg.models_dir).expanduser()
     models_dir = models_dir if models_dir.is_absolute() else Path.cwd() / models_dir
-    candidate, options = serving_model(ctx)
+    candidate, options = ctx.serving_model()
     current = current_version(models_dir)
     decision: dict[str, Any] = {"metric": cfg.metric, "max_p": cfg.max_p, "previous": current.name if current else None}
     if current is None:

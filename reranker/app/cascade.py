@@ -1,7 +1,7 @@
 """The cascade: first stage (BM25) -> student on its top ``student_top_k`` -> teacher on the student's top ``teacher_top_k``.
 
-One implementation for the pipeline's evaluation (:func:`reranker.pipeline.evaluate.cascade_run`)
-and the server's ``POST /search`` (:mod:`reranker.server.cascade`): the pool is the first
+One implementation for the pipeline's evaluation (:func:`reranker.app.pipeline.evaluate.cascade_run`)
+and the server's ``POST /search`` (:mod:`reranker.app.server.cascade`): the pool is the first
 stage's top ``student_top_k`` ranked by the student (:func:`student_ranking`), the teacher
 judges the student's top ``teacher_top_k`` of one query in one call (:func:`teacher_judgements`;
 teachers such as the ensemble normalise within a query's group), and :func:`cascade_order`
@@ -27,10 +27,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import DataSpec, check_paths, data_paths, load_config_file, looks_like_path, resolve_path, validation_problems
-from .errors import RerankerError
-from .io.documents import document_of
-from .records import Corpus, Run
+from reranker.config import (
+    DataSpec,
+    check_paths,
+    data_paths,
+    load_config_file,
+    looks_like_path,
+    resolve_path,
+    validation_problems,
+)
+from reranker.errors import RerankerError
+from reranker.io.documents import document_of
+from reranker.records import Corpus, Run
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,7 @@ class CascadeConfig(BaseModel):
     @field_validator("first_stage")
     @classmethod
     def _known_retriever(cls, value: str) -> str:
-        from .retrieval import BACKENDS
+        from reranker.retrieval import BACKENDS
 
         return _registered(value, BACKENDS, "retrieval backend")
 
@@ -170,10 +178,9 @@ class LoadedCascade:
 
 def load_cascade(config: CascadeConfig) -> LoadedCascade:
     """Load the corpus, build (or open) the first-stage index, make the teacher, prepare and warm it up."""
+    from reranker.config import read_data
+    from reranker.retrieval import build_index, open_index
     from teacher.base import make_teacher
-
-    from .config import read_data
-    from .retrieval import build_index, open_index
 
     start = time.perf_counter()
     corpus = read_data(config.corpus, Path.cwd()).corpus  # its paths are absolute (load_cascade_config)

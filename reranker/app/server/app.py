@@ -30,12 +30,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import RerankerError
-from ..scoring import sigmoid
-from .batching import Batcher, ServiceUnavailable, TooLarge, score_documents
-from .cascade import CascadeService
-from .metrics import Metrics
-from .schemas import (
+from reranker.app.server.batching import Batcher, ServiceUnavailable, TooLarge, score_documents
+from reranker.app.server.cascade import CascadeService
+from reranker.app.server.metrics import Metrics
+from reranker.app.server.schemas import (
     ApiVersion,
     BilledUnits,
     CohereMeta,
@@ -51,7 +49,10 @@ from .schemas import (
     TEIRerankRequest,
     error_body,
 )
-from .settings import ServerSettings
+from reranker.app.server.settings import ServerSettings
+from reranker.config import validation_problems
+from reranker.errors import RerankerError
+from reranker.scoring import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ async def drain(state: ServerState, seconds: float) -> None:
 
 
 def _load(source: str | Path, settings: ServerSettings) -> tuple[Any, str]:
-    from ..scoring import detect_backend, load_model
+    from reranker.scoring import detect_backend, load_model
 
     backend = detect_backend(source) if settings.backend == "auto" else settings.backend
     options: dict[str, Any] = {}
@@ -183,8 +184,10 @@ def create_app(model: Any = None, settings: ServerSettings | None = None) -> Fas
 
     Without ``model``, ``settings.model`` (``RERANKER_MODEL``) names the folder.
     """
-    from .. import __version__
+    from reranker import __version__
+    from reranker.app import register_backends
 
+    register_backends()
     settings = settings or ServerSettings()
     source = model if model is not None else settings.model
     if source is None:
@@ -355,12 +358,7 @@ def _install_handlers(app: FastAPI, state: ServerState) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return answer(400, "the body is not valid JSON", "malformed_json")
-        parts = []
-        for e in errors[:5]:
-            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{where}: {e.get('msg', 'invalid')}")
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        return answer(422, "; ".join(parts) + more, "validation")
+        return answer(422, validation_problems(errors, "body", skip=("body",), limit=5), "validation")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

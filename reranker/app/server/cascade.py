@@ -1,9 +1,9 @@
 """``POST /search``: the server's cascade (``reranker serve MODEL --cascade CONFIG``).
 
 The first stage retrieves the query's top ``student_top_k`` from the cascade's corpus, the
-served student scores them through the server's :class:`~reranker.server.batching.Batcher`
+served student scores them through the server's :class:`~reranker.app.server.batching.Batcher`
 (so they share model batches with ``/rerank`` traffic), and the teacher re-orders the student's
-top ``teacher_top_k`` (:func:`reranker.cascade.cascade_order`, as the pipeline's evaluation
+top ``teacher_top_k`` (:func:`reranker.app.cascade.cascade_order`, as the pipeline's evaluation
 does); a corpus split into passages answers with documents, each at its best passage. The
 retriever and the teacher run in one worker thread of their own, never in the event loop or
 the model's thread. Loading (corpus, index, teacher, warm-up) happens in that
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cascade import (
+from reranker.app.cascade import (
     CascadeConfig,
     LoadedCascade,
     cascade_order,
@@ -32,10 +32,10 @@ from ..cascade import (
     student_ranking,
     teacher_judgements,
 )
-from ..errors import RerankerError
-from ..scoring import sigmoid
-from .batching import ServiceUnavailable
-from .schemas import SearchDocument, SearchMeta, SearchRequest, SearchResponse, SearchResult, SearchTimings
+from reranker.app.server.batching import ServiceUnavailable
+from reranker.app.server.schemas import SearchDocument, SearchMeta, SearchRequest, SearchResponse, SearchResult, SearchTimings
+from reranker.errors import RerankerError
+from reranker.scoring import sigmoid
 
 log = logging.getLogger(__name__)
 

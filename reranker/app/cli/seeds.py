@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .teacher import ParamOpt, _params
+from reranker.app.cli.options import ParamOpt, params_of
 
 SeedsOpt = Annotated[Path, typer.Option(help="Seed judgements: JSONL {query_id|query, doc_id, label} or TREC / BEIR qrels.")]
 GradeOpt = Annotated[int, typer.Option(help="Highest seed grade (1: binary 0/1 labels).")]
@@ -40,7 +40,7 @@ def calibrate(
 
     ds = load_dataset(dataset, split=split)
     seedset = read_seeds(seeds, ds.queries, ds.corpus, grade_max=grade_max)
-    t = make_teacher(teacher, **_params(param))
+    t = make_teacher(teacher, **params_of(param))
     with LabelStore(store) as st:
         keys = [(j.query_id, j.doc_id) for j in seedset.judgements]
         missing = set(keys) - st.done(t.fingerprint, t.prompt_version, keys)
@@ -92,7 +92,7 @@ def teacher_tune(
     pairs = [Pair(j.query_id, j.doc_id, seedset.queries[j.query_id].text, ds.corpus[j.doc_id].contents) for j in seedset.judgements]
     targets = [j.target(seedset.grade_max) for j in seedset.judgements]
     cfg = TuneConfig(steps=steps, lr=lr, rank=rank, alpha=alpha, batch_size=batch_size, seed=seed)
-    rep = tune_teacher(model, pairs, targets, out, prompt=prompt, config=cfg, **_params(param))
+    rep = tune_teacher(model, pairs, targets, out, prompt=prompt, config=cfg, **params_of(param))
     typer.echo(f"saved the LoRA adapter to {out}: loss over {len(pairs)} seed pairs {rep.loss_before:.4f} -> {rep.loss_after:.4f} "
                f"({steps} steps, {rep.seconds:.1f} s); label with --teacher hf -p model={model} -p adapter={out}")
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RerankerError
-from ..io.files import sha256
-from .config import PipelineConfig
+from reranker.app.pipeline.config import PipelineConfig
+from reranker.config import DataSpec, read_data
+from reranker.errors import RerankerError
+from reranker.io.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,28 @@ class Context:
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
 
+    def data(self, spec: DataSpec):
+        """The data set ``spec`` names (loaded once per run)."""
+        key = json.dumps(spec.model_dump(), sort_keys=True)
+        if key not in self.cache:
+            self.cache[key] = read_data(spec, self.base)
+        return self.cache[key]
+
+    def serving_model(self) -> tuple[Path, dict[str, Any]]:
+        """The folder (and load options) that evaluation and promotion use and `serve` should get:
+        the ONNX export at ``export.serve`` precision when there is one, else the torch student."""
+        e = self.config.export
+        if e.enabled and self.path("onnx").is_dir():
+            return self.path("onnx"), {} if e.serve == "auto" else {"precision": e.serve}
+        return self.path("student", "model"), {}
+
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     outputs: tuple[str, ...]  # files or folders in the run folder
     run: Callable[[Context], dict[str, Any]]  # returns the stage's metrics / facts for the manifest
+    section: Callable[[PipelineConfig], Any]  # the part of the config it depends on (its fingerprint's input)
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     inputs: Callable[[Context], dict[str, Any]] = lambda ctx: {}  # files outside the run folder it reads (checksums)
 
@@ -133,7 +150,7 @@ def run_stages(ctx: Context, stages: list[Stage], start_from: str | None = None,
             say(f"{stage.name}: disabled in the config")
             continue
         fingerprint = hashlib.sha256(
-            json.dumps({"section": _jsonable(ctx.config.section(stage.name)), "inputs": stage.inputs(ctx), "upstream": upstream},
+            json.dumps({"section": _jsonable(stage.section(ctx.config)), "inputs": stage.inputs(ctx), "upstream": upstream},
                        sort_keys=True).encode()
         ).hexdigest()
         entry = manifest.stage(stage.name)

@@ -20,7 +20,6 @@ def _say(message: str) -> None:
 
 def summary(ctx, manifest) -> str:
     """The printed report: timings per stage, the evaluation table, the promotion and how to serve."""
-    from .stages import serving_model
 
     lines = [f"Pipeline {ctx.config.name!r} in {ctx.run_dir}", "", "| stage | status | seconds |", "|---|---|---:|"]
     for name, entry in manifest.data["stages"].items():
@@ -34,7 +33,7 @@ def summary(ctx, manifest) -> str:
     promo = ctx.results.get("promote")
     if promo:
         lines += ["", f"Promotion: {promo.get('version')} {'promoted' if promo.get('promoted') else 'kept back'} ({promo.get('reason')})."]
-    model, _ = serving_model(ctx)  # an ONNX folder serves int8 on CPU and fp16 on GPU where exported
+    model, _ = ctx.serving_model()  # an ONNX folder serves int8 on CPU and fp16 on GPU where exported
     lines += ["", "Serve the student:", f"  reranker serve {model}"]
     cascade = ctx.run_dir / "cascade.yaml"
     if cascade.is_file():  # written by the evaluation when evaluate.cascade is enabled
@@ -51,7 +50,7 @@ def run(
     run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: the config's run_dir).")] = None,
 ):
     """Run every stage whose inputs changed; a stopped run resumes where it stopped."""
-    from . import run_pipeline
+    from reranker.app.pipeline import run_pipeline
 
     ctx, manifest = run_pipeline(config, from_stage, run_dir, progress=_say)
     typer.echo(summary(ctx, manifest))
@@ -62,8 +61,8 @@ def stages(
     run_dir: Annotated[Path | None, typer.Argument(help="A run folder: show its stages' status.")] = None,
 ):
     """List the stages (and, for a run folder, their status, time and fingerprint)."""
-    from .runner import Manifest
-    from .stages import STAGE_LIST
+    from reranker.app.pipeline.runner import Manifest
+    from reranker.app.pipeline.stages import STAGE_LIST
 
     manifest = Manifest(run_dir) if run_dir is not None else None
     for stage in STAGE_LIST:
@@ -83,13 +82,13 @@ def add(
     from_file: Annotated[Path | None, typer.Option("--from", help="Add every record of this JSONL (query, doc_id, label[, kind]).")] = None,
 ):
     """Record judgements or clicks; the next pipeline run labels these pairs with them and re-distils."""
-    from ..errors import RerankerError
-    from .feedback import add_feedback, make_feedback
+    from reranker.app.pipeline.feedback import add_feedback, make_feedback
+    from reranker.errors import RerankerError
 
     records = []
     if from_file is not None:
-        from ..errors import DataFormatError
-        from ..io.jsonl import iter_jsonl, open_text
+        from reranker.errors import DataFormatError
+        from reranker.io.jsonl import iter_jsonl, open_text
 
         with open_text(from_file) as f:
             for lineno, obj in iter_jsonl(f, str(from_file)):
@@ -112,7 +111,7 @@ def demo(
     run_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/demo).")] = None,
 ):
     """The main job, offline: the whole loop on the embedded Northwind corpus (a few minutes on 2 CPU cores)."""
-    from . import run_pipeline
+    from reranker.app.pipeline import run_pipeline
 
     ctx, manifest = run_pipeline(None, None, run_dir, progress=_say)
     typer.echo(summary(ctx, manifest))

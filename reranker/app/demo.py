@@ -14,11 +14,11 @@ import logging
 import time
 from pathlib import Path
 
-from .evaluation import compare
-from .io.dataset import demo_data, load_dataset
-from .io.documents import ChunkConfig, document_run
-from .io.trec import write_run
-from .retrieval import build_index, fuse
+from reranker.evaluation import compare
+from reranker.io.dataset import demo_data, load_dataset
+from reranker.io.documents import ChunkConfig, document_run
+from reranker.io.trec import write_run
+from reranker.retrieval import build_index, fuse
 
 log = logging.getLogger(__name__)
 

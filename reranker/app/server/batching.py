@@ -300,25 +300,9 @@ class Batcher:
 def split_windows(text: str, words: int, overlap: int) -> list[str]:
     """``text`` as windows of ``words`` words, neighbours sharing ``overlap`` words (the passages' own
     :func:`reranker.io.documents.chunk_words`); a text of one window or less stays whole, as sent."""
-    from ..io.documents import ChunkConfig, chunk_words
+    from reranker.io.documents import ChunkConfig, chunk_words
 
     return [text] if len(text.split()) <= words else chunk_words(text, ChunkConfig(words, overlap))
-
-
-def truncate_tokens(tokenizer: Any, texts: list[str], max_tokens: int) -> list[str]:
-    """Each text cut after ``max_tokens`` tokens of ``tokenizer`` (words when there is none)."""
-    out = []
-    for text in texts:
-        if tokenizer is None:
-            words = text.split()
-            out.append(text if len(words) <= max_tokens else " ".join(words[:max_tokens]))
-        elif getattr(tokenizer, "is_fast", False):
-            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-            out.append(text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]])
-        else:
-            tokens = tokenizer.tokenize(text)
-            out.append(text if len(tokens) <= max_tokens else tokenizer.convert_tokens_to_string(tokens[:max_tokens]))
-    return out
 
 
 async def score_documents(batcher: Batcher, query: str, texts: list[str], *, max_tokens_per_doc: int | None = None,
@@ -326,7 +310,9 @@ async def score_documents(batcher: Batcher, query: str, texts: list[str], *, max
     """Raw score of each text for ``query``: cut to ``max_tokens_per_doc`` tokens first, then, with
     ``window=(words, overlap)``, the best score over the text's overlapping word windows."""
     if max_tokens_per_doc is not None:
-        texts = await batcher.in_model_thread(truncate_tokens, getattr(batcher.scorer, "tokenizer", None), texts, max_tokens_per_doc)
+        from reranker.formatting import truncate_texts
+
+        texts = await batcher.in_model_thread(truncate_texts, getattr(batcher.scorer, "tokenizer", None), texts, max_tokens_per_doc)
     if window is None:
         return await batcher.score([(query, t) for t in texts])
     owners, pairs = [], []
@@ -334,7 +320,7 @@ async def score_documents(batcher: Batcher, query: str, texts: list[str], *, max
         for piece in split_windows(text, *window):
             owners.append(i)
             pairs.append((query, piece))
-    from ..io.documents import best_per_key
+    from reranker.io.documents import best_per_key
 
     best = best_per_key(zip(owners, (float(s) for s in await batcher.score(pairs))))
     return np.asarray([best[i] for i in range(len(texts))], dtype=np.float32)

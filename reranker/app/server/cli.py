@@ -16,8 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import validation_problems
-from ..errors import MissingDependencyError, RerankerError
+from reranker.config import validation_problems
+from reranker.errors import MissingDependencyError, RerankerError
+from reranker.io.documents import ChunkConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def serve(
     max_chars: Annotated[int | None, typer.Option(help="Characters per query or document at most (default 100000).")] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Request body size at most, bytes (default 64 MiB).")] = None,
     long_docs: Annotated[str | None, typer.Option(help="truncate (default) or window (max over word windows).")] = None,
-    window_words: Annotated[int | None, typer.Option(help="Words per window (default 150).")] = None,
-    window_overlap: Annotated[int | None, typer.Option(help="Words shared by neighbouring windows (default 50).")] = None,
+    window_words: Annotated[int | None, typer.Option(help=f"Words per window (default {ChunkConfig.words}, as the passages).")] = None,
+    window_overlap: Annotated[int | None, typer.Option(help=f"Words shared by neighbouring windows (default {ChunkConfig.overlap}).")] = None,
     api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (prefer RERANKER_API_KEY).")] = None,
     cors_origins: Annotated[str | None, typer.Option(help="Comma-separated CORS origins (off by default).")] = None,
     warmup: Annotated[bool | None, typer.Option("--warmup/--no-warmup", help="Warm the model up before ready.")] = None,
@@ -61,13 +62,13 @@ def serve(
     try:
         import uvicorn  # noqa: F401  (here, so that a missing extra is one clear line)
 
-        from .app import create_app
+        from reranker.app.server.app import create_app
     except ImportError as exc:
         raise MissingDependencyError("reranker serve", EXTRA, exc) from exc
     from pydantic import ValidationError
 
-    from ..scoring import detect_backend
-    from .settings import ServerSettings
+    from reranker.app.server.settings import ServerSettings
+    from reranker.scoring import detect_backend
 
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
     try:
@@ -85,10 +86,10 @@ def serve(
 
 
 def run_server(app: Any, settings: Any) -> None:
-    """Serve ``app`` (from :func:`reranker.server.app.create_app`) with uvicorn until a signal; drain first (module doc)."""
+    """Serve ``app`` (from :func:`reranker.app.server.app.create_app`) with uvicorn until a signal; drain first (module doc)."""
     import uvicorn
 
-    from .app import drain
+    from reranker.app.server.app import drain
 
     state = app.state.reranker
 

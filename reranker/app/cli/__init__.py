@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from ..errors import RerankerError
-from ..io.documents import ChunkConfig
+from reranker.app.cli.options import params_of
+from reranker.errors import RerankerError
+from reranker.io.documents import ChunkConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,19 +38,13 @@ ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Backe
 
 
 def _dataset(spec: str, split: str, queries: Path | None, qrels: Path | None, words: int, overlap: int):
-    from ..io.dataset import load_dataset
-    from ..io.documents import ChunkConfig
+    from reranker.io.dataset import load_dataset
+    from reranker.io.documents import ChunkConfig
 
     start = time.perf_counter()
     ds = load_dataset(spec, split=split, queries=queries, qrels=qrels, chunking=ChunkConfig(words, overlap))
     log.info("loaded %r in %.1f s", ds, time.perf_counter() - start)
     return ds
-
-
-def _params(items: list[str] | None) -> dict:
-    from ..config import key_values
-
-    return key_values(items)
 
 
 @app.callback()
@@ -65,6 +60,9 @@ def _main(
         logging.getLogger(ours).setLevel(level)
     if quiet:  # transformers' own bars ("Loading weights", "Writing model shards") follow the hub's switch, read at its import
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from reranker.app import register_backends
+
+    register_backends()  # the application's start-up: the PyTorch student joins the core's model registry
 
 
 @app.command()
@@ -82,7 +80,7 @@ def index(
     batch_size: Annotated[int, typer.Option(min=1, help="--states-model: passages per model batch.")] = 32,
 ):
     """Build a first-stage index over a data set's corpus and save it to a folder (and, with --states-model, the passage states)."""
-    from ..retrieval import build_index
+    from reranker.retrieval import build_index
 
     ds = _dataset(dataset, split, queries, qrels, passage_words, passage_overlap)
     start = time.perf_counter()
@@ -90,13 +88,13 @@ def index(
     if states.is_dir():  # the index folder is replaced whole: passage states already built are kept (a resumed build)
         states.rename(kept)
     try:
-        build_index(ds.corpus, backend, out, corpus_name=ds.name, **_params(param))
+        build_index(ds.corpus, backend, out, corpus_name=ds.name, **params_of(param))
     finally:
         if kept.is_dir():
             kept.rename(states)
     typer.echo(f"indexed {len(ds.corpus)} documents of {ds.name} with {backend} into {out} in {time.perf_counter() - start:.1f} s")
     if states_model is not None:
-        from ..onnx_runtime import build_passage_store, load_onnx
+        from reranker.onnx_runtime import build_passage_store, load_onnx
 
         start = time.perf_counter()
         scorer = load_onnx(states_model, precision=precision, cache_entries=0)
@@ -120,9 +118,9 @@ def retrieve(
     passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
     """Retrieve the top-k documents for every query of a data set and write a TREC run."""
-    from ..io.documents import document_run
-    from ..io.trec import write_run
-    from ..retrieval import build_index, fuse, open_index
+    from reranker.io.documents import document_run
+    from reranker.io.trec import write_run
+    from reranker.retrieval import build_index, fuse, open_index
 
     if k < 1:
         raise RerankerError(f"--k must be at least 1, got {k}")
@@ -135,7 +133,7 @@ def retrieve(
             log.warning("index %s has %d documents but %s has %d; is it the same corpus?", path, r.num_docs, ds.name, len(ds.corpus))
         retrievers.append(r)
     for name in backend or ([] if retrievers else ["bm25s"]):
-        retrievers.append(build_index(ds.corpus, name, corpus_name=ds.name, **_params(param)))
+        retrievers.append(build_index(ds.corpus, name, corpus_name=ds.name, **params_of(param)))
     start = time.perf_counter()
     depth = max(k, 1000) if len(retrievers) > 1 or per_document else k
     runs = [r.search_queries(qs, depth) for r in retrievers]
@@ -152,8 +150,8 @@ def retrieve(
 
 
 def _load_qrels(spec: str, split: str):
-    from ..io.dataset import load_dataset
-    from ..io.trec import read_qrels
+    from reranker.io.dataset import load_dataset
+    from reranker.io.trec import read_qrels
 
     path = Path(spec)
     if path.is_file() and path.suffix.lower() not in (".zip", ".json", ".jsonl"):
@@ -173,8 +171,8 @@ def evaluate(
     split: SplitOpt = "test",
 ):
     """Evaluate runs against qrels, with paired significance tests between runs."""
-    from ..evaluation import DEFAULT_METRICS, compare
-    from ..io.trec import read_run
+    from reranker.evaluation import DEFAULT_METRICS, compare
+    from reranker.io.trec import read_run
 
     q = _load_qrels(qrels, split)
     loaded = [read_run(p) for p in runs]
@@ -205,9 +203,9 @@ def rerank(
     passage_words: WordsOpt = ChunkConfig.words, passage_overlap: OverlapOpt = ChunkConfig.overlap,
 ):
     """Re-rank the top-k of a first-stage run with a model folder, without HTTP."""
-    from ..io.trec import read_run, write_run
-    from ..rerank import rerank_run
-    from ..scoring import load_model
+    from reranker.io.trec import read_run, write_run
+    from reranker.rerank import rerank_run
+    from reranker.scoring import load_model
 
     if (dataset is None) == (dataset_opt is None):
         raise RerankerError("name the data set once: reranker rerank DATASET ... or reranker rerank --dataset DATASET ...")
@@ -223,7 +221,7 @@ def rerank(
 @app.command()
 def backends():
     """List the retrieval backends and the extra each needs."""
-    from ..retrieval import BACKENDS
+    from reranker.retrieval import BACKENDS
 
     for name, spec in BACKENDS.items():
         typer.echo(f"{name:10s} {spec.description} (extra: {spec.extra})")
@@ -234,18 +232,20 @@ def retrieval_demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path("runs/retrieval-demo"),
 ):
     """First stages on the embedded corpus: BM25, dense and hybrid retrieval, evaluated (offline, about a minute)."""
-    from ..demo import run_demo
+    from reranker.app.demo import run_demo
 
     typer.echo(run_demo(out))
 
 
 def _register_plugins() -> None:
-    from ..pipeline.cli import register as register_pipeline
-    from ..server.cli import register as register_server
-    from .student import register as register_student
-    from .teacher import register as register_teacher
+    from reranker.app.cli.seeds import register as register_seeds
+    from reranker.app.cli.student import register as register_student
+    from reranker.app.cli.teacher import register as register_teacher
+    from reranker.app.pipeline.cli import register as register_pipeline
+    from reranker.app.server.cli import register as register_server
 
     register_teacher(app)
+    register_seeds(app)
     register_student(app)
     register_pipeline(app)
     register_server(app)

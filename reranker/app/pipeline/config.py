@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import DataSpec, check_paths, data_paths, load_config_file, validation_problems
-from ..errors import RerankerError
+from reranker.config import DataSpec, check_paths, data_paths, load_config_file, validation_problems
+from reranker.errors import RerankerError
 
 
 class Section(BaseModel):
@@ -112,7 +112,7 @@ class PipelineConfig(Section):
     @field_validator("distill")
     @classmethod
     def _distill_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from student.train import DistillConfig
+        from student.distill_config import DistillConfig
 
         owned = {"train", "dev", "output_dir"} & set(value)
         if owned:
@@ -125,19 +125,11 @@ class PipelineConfig(Section):
 
     def distill_settings(self) -> dict[str, Any]:
         """The distill options with every default filled in, and the training code's recipe version: a run made
-        with other defaults or an older recipe is not "up to date" (``student.train.RECIPE_VERSION``)."""
-        from student.train import RECIPE_VERSION, DistillConfig
+        with other defaults or an older recipe is not "up to date" (``student.distill_config.RECIPE_VERSION``)."""
+        from student.distill_config import RECIPE_VERSION, DistillConfig
 
         resolved = DistillConfig(train="-", output_dir="-", **self.distill)
         return {**resolved.model_dump(mode="json", exclude={"train", "dev", "output_dir"}), "recipe": RECIPE_VERSION}
-
-    def section(self, stage: str) -> Any:
-        """The part of the config a stage depends on (its fingerprint's input)."""
-        return {
-            "queries": {"corpus": self.corpus, "queries": self.queries, "seed": self.seed, "feedback": self.feedback},
-            "candidates": self.candidates, "labels": self.labels, "distill": self.distill_settings(), "export": self.export,
-            "evaluate": self.evaluate, "promote": self.promote,
-        }[stage]
 
 
 def load_pipeline_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> tuple[PipelineConfig, Path]:

@@ -1,5 +1,0 @@
-"""``python -m reranker.cli`` (``accelerate launch -m reranker.cli distill CONFIG``, torchrun)."""
-
-from . import main
-
-main()
