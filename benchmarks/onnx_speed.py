@@ -50,6 +50,24 @@ SPEEDUP_TARGET = 2.5  # int8 pairs/s over PyTorch fp32 (issue #15)
 INT8_ROWS = (("dynamic", "onnx-int8"), ("weight-only", "onnxwe-int8"), ("mixed", "onnxmi-int8"))
 
 
+def parity_pairs(scifact: str, out: Path, queries: int = 8, k: int = 16) -> Path:
+    """Unjudged pairs of SciFact *train* queries with their bm25s top ``k``: the exports' parity and ``auto`` sample,
+    so that no test judgement chooses a precision (``reranker export --parity-data``)."""
+    if out.is_file():
+        return out
+    from reranker.io.dataset import load_dataset
+    from reranker.retrieval import build_index
+
+    ds = load_dataset(scifact, split="train")
+    texts = ds.require_queries()
+    qids = sorted(texts)
+    random.Random(0).shuffle(qids)
+    run = build_index(ds.corpus, "bm25s").search({q: texts[q].text for q in qids[:queries]}, k=k)
+    rows = [{"qid": q, "query": texts[q].text, "document": ds.corpus[h.doc_id].contents} for q in sorted(run) for h in run.ranking(q)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
 def st_onnx_export(ce: Path, out: Path) -> None:
     """sentence-transformers' own ONNX export (through optimum) of the checkpoint ``ce``, saved as ``out/onnx/model.onnx``.
 
@@ -178,6 +196,7 @@ def main() -> None:
     w.mkdir(parents=True, exist_ok=True)
     scifact = str(args.shared / "datasets" / "beir" / "scifact.zip")
     t: list[dict] = []
+    parity = parity_pairs(scifact, w / "parity-pairs.jsonl")
     plain = args.plain_ce or (None if (args.ce / "hybrid_head.safetensors").exists() else args.ce)
     students = {"cross-encoder": args.ce, "t5": args.t5, **({"plain cross-encoder": plain} if plain and plain != args.ce else {})}
     methods = {"dynamic": ("", []), "weight-only": ("-wo", ["--int8-method", "weight-only"]),
@@ -189,7 +208,7 @@ def main() -> None:
             out = w / f"{slug(kind)}{suffix}"
             if not (out / "onnx_manifest.json").is_file():
                 precision = [] if method == "auto" else ["--precision", "fp32,int8"]
-                sh([EXE, "-q", "export", folder, out, *precision, *opts, "--threads", args.threads], t,
+                sh([EXE, "-q", "export", folder, out, *precision, *opts, "--parity-data", parity, "--threads", args.threads], t,
                    f"export the {kind} student ({method} int8, parity check)")
     sh([EXE, "-q", "retrieve", scifact, "-k", 100, "--out", w / "bm25.trec"], t, "BM25 (bm25s) top 100, test queries")
 

@@ -29,20 +29,23 @@ def quality_rows() -> list[tuple[str, str, float]]:
             rows.append(("SciFact (300 q)", run, scores["ndcg@10"]))
     curve = load("student_curve")
     if curve:
-        points = list(curve["points"].values())
-        last = max((p["step"] for p in points if p["row"] == "recipe"), default=None)
+        # a point is its kept weights' (step, pairs); trained_steps is how far the run went (older pages: step)
+        points = [{**p, "trained_steps": p.get("trained_steps", p["step"])} for p in curve["points"].values()]
+        last = max((p["trained_steps"] for p in points if p["row"] == "recipe"), default=None)
         deep = lambda p: p.get("top_k", 100) == 100  # ablation rows re-rank the top 20: their own comparison
-        finals = [p["ndcg@10"] for p in points if p["row"] == "recipe" and p["step"] == last and deep(p)]
-        if len(finals) > 1:  # the recipe's final point over its seeds: one row, mean (sd)
-            rows.append(("SciFact (300 q)", f"student-ce recipe (step {last}, mean of {len(finals)} seeds, sd "
-                         f"{statistics.stdev(finals):.4f}; student_curve.md)", statistics.mean(finals)))
-        for point in sorted(points, key=lambda p: (p["row"] != "recipe", p["row"], p["seed"], p["step"])):
-            if len(finals) > 1 and point["row"] == "recipe" and point["step"] == last and deep(point):
+        finals = [p for p in points if p["row"] == "recipe" and p["trained_steps"] == last and deep(p)]
+        if len(finals) > 1:  # the recipe's runs over their seeds: one row, mean (sd)
+            kept = ", ".join(str(p["step"]) for p in sorted(finals, key=lambda p: p["seed"]))
+            values = [p["ndcg@10"] for p in finals]
+            rows.append(("SciFact (300 q)", f"student-ce recipe (trained {last} steps, kept steps {kept}; mean of {len(finals)} seeds, "
+                         f"sd {statistics.stdev(values):.4f}; student_curve.md)", statistics.mean(values)))
+        for point in sorted(points, key=lambda p: (p["row"] != "recipe", p["row"], p["seed"], p["trained_steps"])):
+            if len(finals) > 1 and point["row"] == "recipe" and point["trained_steps"] == last and deep(point):
                 continue
             what = "recipe" if point["row"] == "recipe" else f"ablation {point['row']}"
             depth = "" if deep(point) else f", re-ranking the top {point['top_k']}"
-            rows.append(("SciFact (300 q)", f"student-ce {what} (seed {point['seed']}, step {point['step']}{depth}; student_curve.md)",
-                         point["ndcg@10"]))
+            rows.append(("SciFact (300 q)", f"student-ce {what} (seed {point['seed']}, trained {point['trained_steps']} steps, kept step "
+                         f"{point['step']}{depth}; student_curve.md)", point["ndcg@10"]))
     corpora = load("pipeline_corpora")
     for name, entry in ((corpora or {}).get("corpora") or {}).items():
         data = {"cacm": "CACM (52 q)", "dl19": "TREC DL 2019 (43 q)"}.get(name, name)
@@ -54,6 +57,9 @@ def quality_rows() -> list[tuple[str, str, float]]:
         for run, scores in dl["report"]["scores"].items():
             name = {"bm25-top100": "bm25"}.get(run, run)
             rows.append(("TREC DL 2019 (43 q)", name, scores["ndcg@10"]))
+    demo = load("demo_quality")
+    for run, scores in ((demo or {}).get("metrics") or {}).items():
+        rows.append((f"embedded demo ({demo['queries']} q)", f"{run} (reranker demo; demo_quality.md)", scores["ndcg@10"]))
     return rows
 
 

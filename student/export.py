@@ -80,8 +80,10 @@ AUTO = "auto"
 WEIGHT_ONLY_BLOCK = 128
 #: a part of the student whose removal changes nDCG@10 on the parity pairs by at most this is left out of the graph
 DEFAULT_MAX_DROP_CHANGE = 0.001
-#: parity pairs also scored one at a time, to measure how far a score moves with the rest of its batch
-BATCH_PROBE_PAIRS = 32
+#: parity pairs also scored one at a time, to measure how far a score moves with the rest of its batch (the stated
+#: bound is twice the largest move: the default sample of 128 is probed whole, since a 32-pair probe missed the
+#: largest moves of dynamic int8 on an AVX512-VNNI CPU)
+BATCH_PROBE_PAIRS = 128
 
 
 def parse_precisions(values: Sequence[str]) -> list[str]:
@@ -134,7 +136,12 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
     if "fp16" in precisions and student.kind == "t5":
         raise RerankerError("T5 students are not exported in fp16: T5's activations overflow float16 (inf/NaN scores); "
                             "use fp32 (or int8 on CPU)")
-    sample = parity or load_parity_sample(None, parity_sample)
+    if parity is None and (AUTO in precisions or ("int8" in precisions and int8_method == "mixed")):
+        raise RerankerError(
+            "--precision auto (and --int8-method mixed) choose a graph by its nDCG@10 against fp32 on your own pairs: give "
+            "--parity-data (a JSONL of {query, document} pairs, the labelled groups of `reranker label --export`, or a "
+            "data-set spec of your corpus); without it, name the precisions (e.g. --precision fp32,int8)")
+    sample = parity or load_parity_sample(None, parity_sample)  # numeric parity only (no judgements)
     log.info("parity sample: %d pairs, %d queries (%s)", len(sample.pairs), sample.num_queries, sample.source)
     dropped = drop_idle_parts(student, sample, max_change=max_drop_change)
     separated = layout != "pair" and getattr(student, "separated", False)

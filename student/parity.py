@@ -45,7 +45,8 @@ class ParitySample:
 def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: int = 0) -> ParitySample:
     """About ``size`` real pairs: queries sampled from a data set, each with its bm25s top 16.
 
-    ``spec``: ``None`` (the embedded demo corpus, with its judgements), a JSONL file of pairs
+    ``spec``: ``None`` (the embedded demo corpus, without its judgements: pairs for numeric parity, not for choosing a
+    precision, which :func:`student.export.export_student` refuses to do on them), a JSONL file of pairs
     (``{"query", "document"}`` per line, optional ``"qid"`` to group them, default: the query text, and
     optional ``"label"``, a relevance grade), a JSONL of labelled groups (``reranker label --export``: each
     query with its candidates' texts; no judgements), or any data-set spec (its qrels, if any, grade the pairs).
@@ -64,9 +65,9 @@ def load_parity_sample(spec: str | Path | None = None, size: int = 128, seed: in
         from reranker.io.dataset import demo_data
 
         root = demo_data()
-        ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv",
-                          chunking=ChunkConfig())
-        source = "embedded demo corpus (Northwind Analytics), bm25s top 16"
+        # no qrels: the demo's judgements grade the demo's corpus, never another corpus's export
+        ds = load_dataset(root / "docs", queries=root / "queries.jsonl", chunking=ChunkConfig())
+        source = "embedded demo corpus (Northwind Analytics), bm25s top 16; numeric parity only"
     else:
         ds = load_dataset(str(spec))
         source = f"{spec}, bm25s top 16"

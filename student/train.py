@@ -267,7 +267,8 @@ class _Run:
                 self.optimizer.zero_grad()
         self.state["step"] += 1
         value = float(loss.detach())
-        self.state["history"].append({"step": self.state["step"], "loss": value})
+        seconds = self.state.get("seconds_before", 0.0) + time.perf_counter() - self.start  # training time so far, across resumes
+        self.state["history"].append({"step": self.state["step"], "loss": value, "seconds": round(seconds, 2)})
         return value
 
     def select(self) -> None:

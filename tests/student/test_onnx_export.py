@@ -25,7 +25,7 @@ from student.models import CrossEncoderStudent, T5Student
 
 pytest.importorskip("onnx", reason="the 'cpu' extra (onnxruntime, onnx) is needed for ONNX export")
 from reranker.onnx_runtime import OnnxScorer, load_onnx
-from student.export import export_student, parse_precisions
+from student.export import BATCH_PROBE_PAIRS, export_student, parse_precisions
 from student.parity import load_parity_sample, top_k_agreement
 
 EXE = str(Path(sys.executable).with_name("reranker"))
@@ -338,7 +338,7 @@ def test_the_manifest_states_how_far_scores_move_with_their_batch(exported, kind
     per batch) really depends on its batch mates and its stated bound is twice what was measured."""
     m = OnnxManifest.load(exported[kind][2])
     fp32, int8 = m.models["fp32"].parity, m.models["int8"].parity
-    assert fp32.batch_pairs == min(32, len(sample.pairs)) and fp32.batch_max_abs_diff <= 1e-4 and fp32.batch_bound == 1e-4
+    assert fp32.batch_pairs == min(BATCH_PROBE_PAIRS, len(sample.pairs)) and fp32.batch_max_abs_diff <= 1e-4 and fp32.batch_bound == 1e-4
     assert int8.batch_max_abs_diff > 1e-4 and int8.batch_bound == pytest.approx(2 * int8.batch_max_abs_diff)
     with pytest.raises(RerankerError, match=r"alone vs batched differ by .*\(tolerance <= 1e-05\)"):
         export_student(exported[kind][1], tmp_path / "strict", ["fp32", "int8"], parity=sample,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DOCS
 
 from reranker.errors import DataFormatError, RerankerError
 from reranker.onnx_manifest import OnnxManifest, Tolerance
@@ -90,9 +91,11 @@ def test_with_judgements_the_larger_drop_is_held_to_the_budget():
     assert row.judged_drop > row.fidelity_drop > 0 and row.ndcg_drop == row.judged_drop
 
 
-def test_parity_samples_carry_judgements_where_there_are_any(tmp_path):
-    demo = load_parity_sample(None, 64)
-    assert demo.labels is not None and len(demo.labels) == len(demo.pairs) and any(demo.labels)
+def test_parity_samples_carry_judgements_where_there_are_any(tmp_path, tiny_beir):
+    demo = load_parity_sample(None, 64)  # the fallback: numeric parity only, the demo's qrels never grade an export
+    assert demo.labels is None and len(demo.pairs) == 64 and "numeric parity only" in demo.source
+    judged = load_parity_sample(tiny_beir, 64)  # a data set with qrels grades its pairs
+    assert judged.labels is not None and len(judged.labels) == len(judged.pairs) and any(judged.labels)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"qid": "a", "query": "q", "document": f"d{i}", "label": int(i == 0)}) + "\n" for i in range(3)))
     assert load_parity_sample(pairs, 10).labels == [1, 0, 0]
@@ -114,8 +117,11 @@ def test_parse_precisions_knows_auto():
         parse_precisions(["int4"])
 
 
-def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_dir, tmp_path):
-    sample = load_parity_sample(None, 48)
+def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_dir, tmp_path, tiny_beir):
+    with pytest.raises(RerankerError, match="on your own pairs: give --parity-data"):
+        export_student(student_dir, tmp_path / "no-sample", ["auto"])  # never chosen on the demo's judgements
+    assert not (tmp_path / "no-sample").exists()
+    sample = load_parity_sample(tiny_beir, 48)  # the user's own data, judged
     loose = {"int8": Tolerance(max_abs_diff=None, min_top10_agreement=0.0)}  # random tiny model: near-tied scores
     m = export_student(student_dir, tmp_path / "any", ["auto"], parity=sample, tolerances=loose, max_ndcg_drop=1.0, threads=1)
     c = m.choice
@@ -145,9 +151,18 @@ def test_export_auto_keeps_the_chosen_graph_and_scorers_default_to_it(student_di
 def test_cli_export_auto_reports_the_candidates_and_the_choice(student_dir, tmp_path):
     import subprocess
 
+    refused = subprocess.run([EXE, "export", str(student_dir), str(tmp_path / "nothing"), "--precision", "auto"],
+                             capture_output=True, text=True, timeout=600, check=False)
+    # no pairs of the user's: auto does not let another corpus's judgements (the demo's) choose the graph
+    assert refused.returncode == 2 and "--parity-data" in refused.stderr and not (tmp_path / "nothing" / "onnx_manifest.json").exists()
+    pairs = tmp_path / "pairs.jsonl"
+    queries = ("solar panels", "wind power", "coal", "energy storage", "carbon dioxide", "turbines", "batteries", "sunlight")
+    pairs.write_text("".join(json.dumps({"qid": q, "query": q, "document": d}) + "\n" for q in queries for d in DOCS))  # 48 pairs
     res = subprocess.run([EXE, "export", str(student_dir), str(tmp_path / "onnx"), "--precision", "auto", "--max-ndcg-drop", "0.01",
-                          "--parity-sample", "32", "--threads", "1"], capture_output=True, text=True, timeout=600, check=False)
+                          "--parity-data", str(pairs), "--parity-sample", "32", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr
+    assert all(str(pairs) in m.parity.sample for m in OnnxManifest.load(tmp_path / "onnx").models.values())
     choice = OnnxManifest.load(tmp_path / "onnx").choice
     assert f"auto: {choice.candidate} is the CPU default" in res.stdout and "candidate fp32:" in res.stdout
     assert choice.max_ndcg_drop == 0.01 and choice.threads == 1 and choice.pairs == 32

@@ -64,7 +64,7 @@ def export(
     optimize: Annotated[bool, typer.Option(help="Run ONNX Runtime's transformer optimiser (kept only if it passes parity).")] = True,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     parity_sample: Annotated[int, typer.Option(help="Pairs in the parity check against PyTorch.")] = 128,
-    parity_data: Annotated[str | None, typer.Option(help="Parity pairs: a JSONL of {query, document} or a data-set spec (default: the embedded demo corpus).")] = None,
+    parity_data: Annotated[str | None, typer.Option(help="Parity pairs: a JSONL of {query, document}, labelled groups or a data-set spec; needed by --precision auto (default: the embedded demo corpus, numeric parity only).")] = None,
     triton: Annotated[Path | None, typer.Option(help="Also write a Triton Inference Server model repository here.")] = None,
     int8_method: Annotated[str, typer.Option(help="dynamic: int8 weights and per-batch int8 activations (fastest on CPU); "
                                              "weight-only: int8 weights, fp32 activations (closest scores, quarter size, about fp32 speed); "
@@ -81,7 +81,7 @@ def export(
     from student.parity import load_parity_sample
 
     precisions = parse_precisions(precision or ["fp32", "int8"])
-    sample = load_parity_sample(parity_data, parity_sample)
+    sample = load_parity_sample(parity_data, parity_sample) if parity_data is not None else None
     manifest = export_student(model_dir, out_dir, precisions, optimize=optimize, opset=opset,
                               parity=sample, triton_dir=triton, int8_method=int8_method, max_ndcg_drop=max_ndcg_drop, threads=threads,
                               max_drop_change=max_drop_change, layout=layout)

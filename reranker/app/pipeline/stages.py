@@ -172,8 +172,9 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     e = ctx.config.export
     from student.parity import load_parity_sample
 
-    # the user's own pairs (held-out synthetic groups) check parity and, with auto, choose the precision
-    sample = load_parity_sample(ctx.path("dev.jsonl"), 128) if ctx.path("dev.jsonl").is_file() else None
+    # the user's own pairs (held-out synthetic groups, else the training groups) check parity and, with auto, choose the precision
+    own = next((f for f in (ctx.path("dev.jsonl"), ctx.path("train.jsonl")) if f.is_file() and f.stat().st_size), None)
+    sample = load_parity_sample(own, 128) if own is not None else None
     manifest = export_student(ctx.path("student", "model"), ctx.path("onnx"), precisions=e.precisions, int8_method=e.int8_method,
                               parity=sample, max_ndcg_drop=e.max_ndcg_drop)
     out: dict[str, Any] = {name: {"bytes": m.bytes, "optimized": m.optimized, "parity": m.parity.model_dump() if m.parity else None}
