@@ -36,7 +36,6 @@ import dataclasses
 import logging
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,30 +53,36 @@ from reranker.onnx_manifest import (
     ModelFile,
     OnnxManifest,
     PrecisionChoice,
-    ScoreGraph,
     TokenizerInfo,
     Tolerance,
 )
 from reranker.scoring import ONNX_MANIFEST
 
+from .graphs import (
+    ENCODER_INPUTS,
+    GRAPH_INPUTS,
+    SCORE_GRAPH_FILE,
+    WEIGHT_ONLY_BLOCK,
+    export_score_graph,
+    optimize_graph,
+    optimizer_type,
+    quantize_weight_only_graph,
+    separated_manifest,
+    torch_export,
+)
 from .parity import ParitySample, compare, load_parity_sample
 from .precision import DEFAULT_MAX_NDCG_DROP, Measured, choose, measure, ndcg_drop
-from .quantize import LADDER, quantize_dynamic_int8, quantize_weight_only, search_mixed, to_fp16
+from .quantize import LADDER, quantize_dynamic_int8, search_mixed, to_fp16
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 #: the graph inputs in the order of the students' forward() (token ids and masks, then the hybrid head's term ids)
-GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "query_terms", "doc_terms")
 INT8_METHODS = ("dynamic", "weight-only", "mixed")
 LAYOUTS = ("auto", "pair", "separated")
 #: the separated layout's encoder graph: one text's token ids in, its pooled vector out; the score graph's file
-ENCODER_INPUTS = ("input_ids", "attention_mask")
-ENCODER_OUTPUT = "embedding"
-SCORE_GRAPH_FILE = "score.onnx"
 #: the precision name that measures the candidate graphs and keeps the fastest within the nDCG budget (student.precision)
 AUTO = "auto"
-WEIGHT_ONLY_BLOCK = 128
 #: a part of the student whose removal changes nDCG@10 on the parity pairs by at most this is left out of the graph
 DEFAULT_MAX_DROP_CHANGE = 0.001
 #: parity pairs also scored one at a time, to measure how far a score moves with the rest of its batch (the stated
@@ -158,12 +163,12 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
     try:
         inputs, template = _save_folder(student, work, separated)
         raw = work / "raw.onnx"
-        _torch_export(student, raw, inputs, opset, separated)
+        torch_export(student, raw, inputs, opset, separated)
         models: dict[str, ModelFile] = {}
         draft = _manifest(student, inputs, template, opset, models, model_dir)
         draft.dropped = dropped
         if separated:
-            _separated_manifest(student, draft, _export_score_graph(student, work / SCORE_GRAPH_FILE, opset))
+            separated_manifest(student, draft, export_score_graph(student, work / SCORE_GRAPH_FILE, opset))
 
         loaded: dict[str, Any] = {}
         scored: dict[str, np.ndarray] = {}
@@ -191,8 +196,8 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
         fp32 = None
         if optimize:
             try:
-                optimized = _optimize(student, raw, work / "optimized.onnx")
-                fp32 = check("fp32", optimized, True, [f"ONNX Runtime transformer optimiser, model_type {_optimizer_type(student)}"])
+                optimized = optimize_graph(student, raw, work / "optimized.onnx")
+                fp32 = check("fp32", optimized, True, [f"ONNX Runtime transformer optimiser, model_type {optimizer_type(student)}"])
                 if not fp32.parity.passed:
                     note = f"optimised graph missed the fp32 tolerance (max |diff| {fp32.parity.max_abs_diff:.2e}); plain graph kept"
                     log.warning(note)
@@ -216,7 +221,7 @@ def export_student(model_dir: str | Path, out_dir: str | Path, precisions: Seque
             models["int8"] = _fail_unless(search_mixed(base, fp32.optimized, work, check, loaded, scored, sample, max_ndcg_drop, (0, *LADDER)),
                                           "int8")
         elif "int8" in precisions and int8_method == "weight-only":
-            quantized, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
+            quantized, fused = quantize_weight_only_graph(student, raw, work / "int8.tmp.onnx", optimize)
             models["int8"] = _fail_unless(check("int8", quantized, fused, _int8_notes("weight-only")), "int8")
         elif "int8" in precisions:
             models["int8"] = _fail_unless(check("int8", quantize_dynamic_int8(base, work / "int8.tmp.onnx"), fp32.optimized,
@@ -287,7 +292,7 @@ def _auto_precision(student: Any, raw: Path, base: Path, base_fused: bool, work:
     for method in methods:
         name = f"int8 ({method})"
         if method == "weight-only":
-            path, fused = _quantize_weight_only(student, raw, work / "int8.tmp.onnx", optimize)
+            path, fused = quantize_weight_only_graph(student, raw, work / "int8.tmp.onnx", optimize)
             entry = check("int8", path, fused, _int8_notes(method))
         elif method == "mixed":
             entry = search_mixed(base, base_fused, work, check, loaded, scored, sample, max_ndcg_drop, LADDER)
@@ -348,117 +353,6 @@ def _save_folder(student: Any, folder: Path, separated: bool = False) -> tuple[l
     names = list(student.encode(["a query"], ["a document"]))
     template = config.template if student.kind == "t5" else None
     return (list(ENCODER_INPUTS) if separated else [n for n in GRAPH_INPUTS if n in names]), template
-
-
-EXAMPLE_QUERIES = ["what does the example query ask", "short"]
-EXAMPLE_DOCUMENTS = ["an example document that is a little longer than the other one", "doc"]
-
-
-def _torch_export(student: Any, path: Path, inputs: list[str], opset: int, separated: bool = False) -> None:
-    """The student's graph: its ``forward`` (pair layout), or its encoder tower (separated: token ids -> vector)."""
-    if hasattr(student.model, "set_attn_implementation"):
-        try:
-            student.model.set_attn_implementation("eager")
-        except (ValueError, ImportError) as exc:
-            log.debug("eager attention not set: %s", exc)
-    if separated:
-        from reranker.formatting import encode_segments
-
-        tower, _ = student.separated_parts()
-        example = encode_segments(student.tokenizer, student.config, EXAMPLE_DOCUMENTS, "document")
-        _trace(tower, path, {n: example[n] for n in inputs}, ENCODER_OUTPUT, opset)
-    else:
-        example = student.encode(EXAMPLE_QUERIES, EXAMPLE_DOCUMENTS)
-        _trace(student, path, {n: example[n] for n in inputs}, "score", opset)
-
-
-def _trace(module: Any, path: Path, example: dict[str, Any], output: str, opset: int) -> None:
-    import torch
-
-    axes = {n: {0: "batch", 1: "terms_" + n.split("_")[0] if n.endswith("_terms") else "sequence"} for n in example}
-    axes.update({n: {0: "batch"} for n in example if n.endswith("_vector")})
-    tensors = tuple(torch.as_tensor(v) for v in example.values())
-    start = time.perf_counter()
-    with warnings.catch_warnings(), torch.inference_mode():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values in shape arithmetic
-        torch.onnx.export(module, tensors, str(path), input_names=list(example), output_names=[output],
-                          dynamic_axes={**axes, output: {0: "batch"}}, opset_version=opset, do_constant_folding=True, dynamo=False)
-    log.info("exported %s (opset %d) in %.1f s", path.name, opset, time.perf_counter() - start)
-
-
-def _export_score_graph(student: Any, path: Path, opset: int) -> ScoreGraph:
-    """The separated layout's second graph, from :class:`student.heads.SeparatedScore` (fp32, whatever the encoder's
-    precision: a few element-wise operations and the term weights)."""
-    import torch
-
-    from reranker.formatting import encode_segments
-
-    tower, head = student.separated_parts()
-    q = encode_segments(student.tokenizer, student.config, EXAMPLE_QUERIES, "query")
-    d = encode_segments(student.tokenizer, student.config, EXAMPLE_DOCUMENTS, "document")
-    with torch.inference_mode():
-        q_vec = tower(torch.from_numpy(q["input_ids"]), torch.from_numpy(q["attention_mask"]))
-        d_vec = tower(torch.from_numpy(d["input_ids"]), torch.from_numpy(d["attention_mask"]))
-    example = {"query_vector": q_vec.numpy(), "doc_vector": d_vec.numpy(), "query_terms": q["terms"], "doc_terms": d["terms"]}
-    _trace(head, path, example, "score", opset)
-    return ScoreGraph(file=path.name, sha256=sha256(path), bytes=path.stat().st_size, inputs=list(example))
-
-
-def _separated_manifest(student: Any, manifest: OnnxManifest, graph: ScoreGraph) -> None:
-    from reranker.formatting import document_tokens
-
-    manifest.layout, manifest.output, manifest.score_graph = "separated", ENCODER_OUTPUT, graph
-    manifest.document_tokens = document_tokens(student.config)
-    manifest.hidden_size = int(student.model.config.hidden_size)
-
-
-def _optimizer_type(student: Any) -> str:
-    if student.kind == "t5":
-        return "t5"
-    from onnxruntime.transformers.optimizer import MODEL_TYPES
-
-    model_type = getattr(student.model.config, "model_type", "bert")
-    return model_type if model_type in MODEL_TYPES else "bert"
-
-
-def _optimize(student: Any, src: Path, dst: Path, weight_only: bool = False) -> Path:
-    """ONNX Runtime's transformer fusions; ``weight_only``: multi-head attention after MatMul projections
-    and unfused embeddings, so that every weight is a MatMul or Gather input the quantiser can reach."""
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    cfg = student.model.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "num_heads", 0)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", 0)
-    options = FusionOptions(_optimizer_type(student))
-    if weight_only:
-        options.use_multi_head_attention = True
-        options.enable_embed_layer_norm = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = optimize_model(str(src), model_type=_optimizer_type(student), num_heads=heads, hidden_size=hidden, use_gpu=False,
-                               optimization_options=options)
-    log.info("optimiser fusions: %s", {k: v for k, v in model.get_fused_operator_statistics().items() if v})
-    model.save_model_to_file(str(dst))
-    return dst
-
-
-def _quantize_weight_only(student: Any, raw: Path, dst: Path, optimize: bool) -> tuple[Path, bool]:
-    """int8 weights, fp32 activations: MatMulNBits for every MatMul with constant weights, int8 Gather for embeddings.
-
-    Returns the file and whether the optimiser's fusions are in it."""
-    import onnx
-
-    model, fused = onnx.load(str(raw)), False
-    if optimize:
-        try:
-            model, fused = onnx.load(str(_optimize(student, raw, dst.with_suffix(".fused.onnx"), weight_only=True))), True
-        except Exception as exc:  # noqa: BLE001 (pattern matchers raise anything)
-            log.warning("optimiser failed for weight-only int8 (%s); quantising the plain graph", exc)
-    quantize_weight_only(model, dst, WEIGHT_ONLY_BLOCK)
-    dst.with_suffix(".fused.onnx").unlink(missing_ok=True)
-    return dst, fused
-
 
 
 def _manifest(student: Any, inputs: list[str], template: str | None, opset: int, models: dict, source: str | Path) -> OnnxManifest:
