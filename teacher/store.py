@@ -76,6 +76,7 @@ class LabelStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; every write below opens its own.
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._timeout = timeout
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -112,7 +113,22 @@ class LabelStore:
                 f"this version of the toolkit reads version {SCHEMA_VERSION}; "
                 "use a matching toolkit version or pass a new store path"
             )
-        conn.execute("PRAGMA journal_mode=WAL")  # persistent; only after the file proved to be ours
+        self._wal()
+
+    def _wal(self) -> None:
+        """WAL mode (persistent; only after the file proved to be ours). Switching needs the file to itself; when two
+        processes open the same new file and escalate their locks at once, SQLite refuses one of them at once instead
+        of calling its busy handler (deadlock avoidance), so "database is locked" is retried here until the busy
+        timeout (a clean-clone run of test_two_processes_writing_the_same_new_file failed on it)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _schema(self) -> tuple[int, set[str]]:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]

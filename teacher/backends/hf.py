@@ -61,7 +61,6 @@ def kept_prefix_length(decode, ids: Sequence[int], kept: str) -> int:
     return len(ids)
 
 
-
 def load_causal_lm(name: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
                    adapter: str | None = None):
     """``(model, tokenizer, device, torch dtype)``: the causal LM ``name`` (a hub id or a local folder) in eval mode on
