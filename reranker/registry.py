@@ -4,9 +4,8 @@ Every pluggable part (retrieval backends, teachers, query generators, scorers) l
 backends by name with the module, the class and the install extra. A registry names only
 modules of its own layer or below: an upper layer adds its backends at start-up with
 :meth:`Registry.register` (the application registers the PyTorch student on the core's
-model registry). Nothing is imported
-until a name is looked up; an unknown name lists the known ones, and a backend whose
-packages are missing names the extra that brings them.
+model registry). Nothing is imported until a name is looked up; an unknown name lists the
+known ones, and a backend whose packages are missing names the extra that brings them.
 """
 
 from __future__ import annotations

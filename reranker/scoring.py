@@ -2,8 +2,8 @@
 
 A :class:`Scorer` is what the batch re-ranker (``reranker rerank``), the HTTP server and the
 benchmarks call, whatever runs underneath: an exported ONNX folder run by ONNX Runtime (the
-core's own backend) or a PyTorch student, which the application registers at start-up. :func:`load_model` tells the two apart by the
-files in the folder (an ONNX export carries ``onnx_manifest.json``; a student folder
+core's own backend) or a PyTorch student, which the application registers at start-up.
+:func:`load_model` tells the two apart by the files in the folder (an ONNX export carries ``onnx_manifest.json``; a student folder
 ``student_config.json``) unless a backend is named.
 """
 

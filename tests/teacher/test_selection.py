@@ -147,4 +147,10 @@ def test_label_command_with_a_budget_labels_only_the_selected_pairs(tiny_beir, t
         second = {(r.query_id, r.doc_id) for r in st.labels()}
     assert first < second and len(second) == 6 and "selected 2 new pairs of 8 unlabelled" in res.stdout
     user_error(*args, "--budget", "2", "--select", "uncertainty", match="needs the current student")
+    from helpers import save_tiny_ce
+
+    # a PyTorch student folder: the CLI's start-up registered the torch backend that scores the candidates
+    res = ok(*args, "--budget", "2", "--select", "uncertainty", "--student", save_tiny_ce(tmp_path))
+    with LabelStore(store) as st:
+        assert len({(r.query_id, r.doc_id) for r in st.labels()}) == 8 and "selected 2 new pairs of 6 unlabelled" in res.stdout
     user_error(*args, "--budget", "2", "--select", "best", match="choose one of random")

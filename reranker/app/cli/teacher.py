@@ -76,12 +76,11 @@ def label(
 
 def _student_scores(model_dir: Path, queries, corpus, candidates):
     """The student's scores for every candidate pair (a torch or ONNX student folder): what uncertainty and
-    disagreement selection weigh. The application loads the student; ``teacher`` only takes its scores."""
-    from reranker.app import register_backends
+    disagreement selection weigh. The application loads the student (the CLI's start-up registered torch);
+    ``teacher`` only takes its scores."""
     from reranker.rerank import score_pairs
     from reranker.scoring import load_model
 
-    register_backends()
     scorer = load_model(model_dir)
     keyed = [(q, h.doc_id, queries[q].text, corpus[h.doc_id].contents) for q in sorted(candidates) for h in candidates.ranking(q)]
     return score_pairs(scorer, keyed, name="student")

@@ -168,10 +168,9 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
 
 def stage_export(ctx: Context) -> dict[str, Any]:
     from student.export import export_student
-
-    e = ctx.config.export
     from student.parity import load_parity_sample
 
+    e = ctx.config.export
     # the user's own pairs (held-out synthetic groups, else the training groups) check parity and, with auto, choose the precision
     own = next((f for f in (ctx.path("dev.jsonl"), ctx.path("train.jsonl")) if f.is_file() and f.stat().st_size), None)
     sample = load_parity_sample(own, 128) if own is not None else None
