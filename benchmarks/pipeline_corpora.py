@@ -10,7 +10,9 @@ int8 student served). No human label is used before the final evaluation.
   served student re-ranking its top 100 for the 52 judged queries, the teacher beside it).
 - ``dl19``: the corpus is the passages of the shared BM25 top 100 of TREC DL 2019 (4,297); the
   pipeline does not evaluate (those passages are all it has), and afterwards the served student
-  and the teacher re-rank the shared Pyserini BM25 run (nDCG@10 0.5058) for the 43 judged queries.
+  and the pipeline's teacher (its fitted weights; its BM25 member reads the run's full-collection
+  scores, not the pool's statistics) re-rank the shared Pyserini BM25 run (nDCG@10 0.5058) for
+  the 43 judged queries.
 
 A finished stage is not rerun (the pipeline's manifest); ``--corpora`` picks which.
 Writes ``benchmarks/results/pipeline_corpora.{md,json}``.
@@ -56,6 +58,23 @@ def stage_table(manifest: dict) -> list[str]:
     return rows
 
 
+def teacher_on_the_pool(folder: Path) -> Path:
+    """The pipeline's teacher (``run/teacher.json``: its fitted weights) with every BM25 member reading the candidate
+    run's scores: the shared file holds only the top-100 pool, whose own statistics are not MS MARCO's; the run's
+    Anserini scores were computed over the whole collection. Written only when it changes (its time stamp dates it)."""
+    spec = json.loads((folder / "run" / "teacher.json").read_text())
+    for m in spec["params"].get("members", []) if spec["teacher"] == "ensemble" else []:
+        if m["name"] == "bm25":
+            m["params"] = {**m.get("params", {}), "statistics": "first-stage"}
+    if spec["teacher"] == "bm25":
+        spec["params"]["statistics"] = "first-stage"
+    path = folder / "teacher-first-stage.json"
+    text = json.dumps({"teacher": spec["teacher"], "params": spec["params"]}, indent=2) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=SHARED)
@@ -84,9 +103,11 @@ def main() -> None:
                 sh([EXE, "-q", "rerank", dl / "bm25-top100.json", "--model", model, "--run", dl / "bm25-top100.trec", "--top-k", 100,
                     "--out", student], t, "dl19: the served student re-ranks the shared BM25 top 100")
             teacher = folder / "teacher.trec"
-            if not teacher.is_file():
+            spec = teacher_on_the_pool(folder)
+            if not teacher.is_file() or teacher.stat().st_mtime < spec.stat().st_mtime:
                 sh([EXE, "-q", "label", dl / "bm25-top100.json", "--candidates", dl / "bm25-top100.trec", "--store", folder / "teacher.sqlite",
-                    "--teacher", "ensemble", "--run-out", teacher], t, "dl19: the teacher (ensemble) re-ranks the shared BM25 top 100")
+                    "--teacher-file", spec, "--run-out", teacher], t,
+                   "dl19: the pipeline's teacher (its fitted weights; BM25 from the run's full-collection scores) re-ranks the shared BM25 top 100")
             sh([EXE, "-q", "evaluate", dl / "qrels.txt", dl / "bm25-top100.trec", teacher, student, "-m", "ndcg@10", "-m", "mrr@10",
                 "--report", folder / "report"], t, "dl19: evaluate (43 queries)")
             entry["report_md"] = (folder / "report.md").read_text().strip()

@@ -17,8 +17,9 @@ Writes ``benchmarks/results/reproduction.md`` (one section per result, newest fi
 sections kept) and exits 1 when a quality figure moved beyond the tolerance.
 
 Usage: ``python benchmarks/reproduce.py bm25_baseline dl19_quality [--run] [--atol 0.005]``; README's benchmark
-table comes back with ``demo_quality`` (its demo row, about 5 minutes), ``pipeline_corpora`` (DL19, CACM) and
-``student_curve`` (SciFact, hours: ``--command student_curve="python benchmarks/student_curve.py ..."``).
+table comes back with ``demo_quality`` (its demo row, about 5 minutes), ``teacher_fusion`` (the teacher column on
+SciFact, CACM and DL19, about 7 minutes), ``pipeline_corpora`` (DL19, CACM) and ``student_curve`` (SciFact, hours:
+``--command student_curve="python benchmarks/student_curve.py ..."``).
 """
 
 from __future__ import annotations

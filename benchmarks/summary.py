@@ -55,8 +55,14 @@ def quality_rows() -> list[tuple[str, str, float]]:
     dl = load("dl19_quality")
     if dl:
         for run, scores in dl["report"]["scores"].items():
-            name = {"bm25-top100": "bm25"}.get(run, run)
+            name = {"bm25-top100": "bm25", "teacher": "teacher (BM25 member with the pool's statistics; dl19_quality.md, 2026-11-23)"}.get(run, run)
             rows.append(("TREC DL 2019 (43 q)", name, scores["ndcg@10"]))
+    fusion = load("teacher_fusion")
+    for name, entry in ((fusion or {}).get("corpora") or {}).items():
+        data = {"cacm": "CACM (52 q)", "dl19": "TREC DL 2019 (43 q)", "scifact": "SciFact (300 q)"}.get(name, name)
+        for run, scores in entry["comparison"]["scores"].items():
+            if run.startswith("ensemble"):
+                rows.append((data, f"teacher: {run} (teacher_fusion.md)", scores["ndcg@10"]))
     demo = load("demo_quality")
     for run, scores in ((demo or {}).get("metrics") or {}).items():
         rows.append((f"embedded demo ({demo['queries']} q)", f"{run} (reranker demo; demo_quality.md)", scores["ndcg@10"]))

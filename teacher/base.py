@@ -28,12 +28,13 @@ class TeacherError(RerankerError):
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """One query–passage pair to label."""
+    """One query–passage pair to label; ``first_stage`` is its score in the candidate run, when it came from one."""
 
     query_id: str
     doc_id: str
     query: str
     document: str
+    first_stage: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class Teacher(ABC):
 
 
 TEACHERS = Registry("teacher", {
-    "bm25": BackendSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 (bm25s) over each query's candidates"),
+    "bm25": BackendSpec("teacher.backends.lexical", "BM25Teacher", "core", "BM25 with the whole corpus's statistics (or the first stage's scores)"),
     "bi-encoder": BackendSpec("teacher.backends.neural", "BiEncoderTeacher", "dense", "sentence-transformers bi-encoder cosine"),
     "cross-encoder": BackendSpec("teacher.backends.neural", "CrossEncoderTeacher", "dense", "sentence-transformers CrossEncoder"),
     "hf": BackendSpec("teacher.backends.hf", "HFTeacher", "llm", "transformers causal LM, P(yes) from the answer logits"),

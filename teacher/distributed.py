@@ -15,6 +15,7 @@ OpenAI-compatible API), the ``openai`` teacher with ``max_concurrency`` is usual
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -46,8 +47,8 @@ class _TeacherActor:
 
         out: dict[str, list] = {"batch_id": [], "query_id": [], "doc_id": [], "score": [], "label": []}
         for i, bid in enumerate(batch["batch_id"]):
-            pairs = [Pair(str(q), str(d), str(qt), str(dt)) for q, d, qt, dt in zip(
-                batch["query_id"][i], batch["doc_id"][i], batch["query"][i], batch["document"][i])]
+            pairs = [Pair(str(q), str(d), str(qt), str(dt), None if math.isnan(f) else float(f)) for q, d, qt, dt, f in zip(
+                batch["query_id"][i], batch["doc_id"][i], batch["query"][i], batch["document"][i], batch["first_stage"][i])]
             js = self.teacher.score_batch(pairs)
             out["batch_id"].append(bid)
             out["query_id"].append([p.query_id for p in pairs])
@@ -78,7 +79,8 @@ def label_pairs_ray(
             todo.append(group)
     rows = [
         {"batch_id": i, "query_id": [p.query_id for p in b], "doc_id": [p.doc_id for p in b],
-         "query": [p.query for p in b], "document": [p.document for p in b]}
+         "query": [p.query for p in b], "document": [p.document for p in b],
+         "first_stage": [math.nan if p.first_stage is None else p.first_stage for p in b]}
         for i, b in enumerate(batches_of_groups(iter(todo), batch_pairs))
     ]
     if rows:

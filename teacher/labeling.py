@@ -36,7 +36,8 @@ class LabelReport:
 
 
 def query_groups(queries: Mapping[str, Query], corpus: Corpus, candidates: Run) -> Iterator[list[Pair]]:
-    """One list of pairs per query of ``candidates``, in the run's order; unknown ids are errors."""
+    """One list of pairs per query of ``candidates``, in the run's order, each with its run score as ``first_stage``;
+    unknown ids are errors."""
     for qid in candidates:
         if qid not in queries:
             raise RerankerError(f"the candidates name query {qid!r}, which the queries do not have")
@@ -45,7 +46,7 @@ def query_groups(queries: Mapping[str, Query], corpus: Corpus, candidates: Run) 
             doc = corpus.get(hit.doc_id)
             if doc is None:
                 raise RerankerError(f"the candidates of query {qid!r} name document {hit.doc_id!r}, which the corpus does not have")
-            group.append(Pair(qid, hit.doc_id, queries[qid].text, doc.contents))
+            group.append(Pair(qid, hit.doc_id, queries[qid].text, doc.contents, hit.score))
         yield group
 
 

@@ -2,12 +2,14 @@
 
 Members' scores live on different scales (BM25 scores, cosines, logits), so each member's
 scores are standardised within the query's candidate group, combined with the weights, and
-the label is the logistic of the combination. With BM25 + all-MiniLM-L6-v2 this z-score
-fusion is the strongest teacher that runs offline here (see benchmarks/results/teachers.md).
+the label is the logistic of the combination. The default members are BM25 (with the whole
+corpus's statistics) and all-MiniLM-L6-v2 (see benchmarks/results/teachers.md); the pipeline
+chooses their weights on the corpus's own synthetic queries (:mod:`teacher.fusion`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +44,16 @@ class EnsembleTeacher(Teacher):
                 raise RerankerError(f"ensemble member {i}: unknown keys {', '.join(sorted(unknown))}")
             self.members.append((make_teacher(m["name"], **m.get("params", {})), float(m.get("weight", 1.0))))
         self.prompt_version = "+".join(t.prompt_version for t, _ in self.members)
+
+    def reweighted(self, weights: Sequence[float]) -> EnsembleTeacher:
+        """The same members (their loaded models and caches shared) with other weights: a new fingerprint."""
+        if len(weights) != len(self.members):
+            raise RerankerError(f"{len(weights)} weights for an ensemble of {len(self.members)} members")
+        other = copy.copy(self)
+        members = [{**m, "weight": float(w)} for m, w in zip(self.params["members"], weights)]
+        other.params = {**self.params, "members": members}
+        other.members = [(t, float(w)) for (t, _), w in zip(self.members, weights)]
+        return other
 
     def prepare(self, corpus: Corpus) -> None:
         for teacher, _ in self.members:

@@ -27,7 +27,7 @@ class BiEncoderTeacher(Teacher):
         self.batch_size = batch_size
         self.device = device
         self._model = None
-        self._doc_cache: dict[str, np.ndarray] = {}  # candidates recur across queries: encode each once
+        self._doc_cache: dict[tuple[str, str], np.ndarray] = {}  # candidates recur across queries: encode each once
         self.cache_size = 200_000
 
     def warm_up(self) -> None:
@@ -40,13 +40,14 @@ class BiEncoderTeacher(Teacher):
         q_index = {qid: i for i, (qid, _) in enumerate(queries)}
         enc = dict(batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         q_emb = np.asarray(self._model.encode([q for _, q in queries], **enc), dtype=np.float32)
-        new = {p.doc_id: p.document for p in pairs if p.doc_id not in self._doc_cache}
+        # keyed by id and text: a pair may carry another text under a corpus id (a passage without its query sentence)
+        new = list(dict.fromkeys((p.doc_id, p.document) for p in pairs if (p.doc_id, p.document) not in self._doc_cache))
         if new:
             if len(self._doc_cache) + len(new) > self.cache_size:
                 self._doc_cache.clear()
-            emb = np.asarray(self._model.encode(list(new.values()), **enc), dtype=np.float32)
+            emb = np.asarray(self._model.encode([text for _, text in new], **enc), dtype=np.float32)
             self._doc_cache.update(zip(new, emb))
-        raw = [float(q_emb[q_index[p.query_id]] @ self._doc_cache[p.doc_id]) for p in pairs]
+        raw = [float(q_emb[q_index[p.query_id]] @ self._doc_cache[p.doc_id, p.document]) for p in pairs]
         return zscore_judgements(pairs, raw)
 
 

@@ -20,6 +20,7 @@ from reranker.app.pipeline.evaluate import cascade_run
 from reranker.io.dataset import demo_data
 from reranker.records import Run
 from reranker.scoring import load_model
+from teacher.base import make_teacher
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def tiny_config(tmp: Path, name: str) -> Path:
         "corpus": {"spec": str(demo / "docs")},
         "queries": {"sample": 40, "consistency_k": 0},
         "candidates": {"depth": 6},
-        "labels": {"teacher": "ensemble", "batch_pairs": 6, "dev_share": 0.25},
+        "labels": {"teacher": "ensemble", "batch_pairs": 6, "dev_share": 0.5},  # 20 dev groups: enough to fit the weights
         "distill": {"student": "cross-encoder", "model_config_overrides": dict(BERT_CONFIG, initializer_range=0.2),
                     "tokenizer": str(tok), "max_length": 64, "query_max_length": 16, "group_size": 4, "batch_queries": 4,
                     "max_steps": 12, "lr": 1e-3, "warmup_ratio": 0.0, "eval_every": 6},
@@ -107,7 +108,15 @@ def test_the_evaluation_writes_the_cascade_for_serve(runs, tmp_path, monkeypatch
     a = runs["whole"]
     monkeypatch.chdir(tmp_path)  # the file holds no path relative to the run
     cfg = load_cascade_config(a / "cascade.yaml")
-    assert (cfg.first_stage, cfg.student_top_k, cfg.teacher, cfg.teacher_params, cfg.teacher_top_k) == ("bm25s", 8, "ensemble", {}, 3)
+    assert (cfg.first_stage, cfg.student_top_k, cfg.teacher, cfg.teacher_top_k) == ("bm25s", 8, "ensemble", 3)
+    # the cascade's teacher is the one that labelled the run: the ensemble with the weights fitted on the dev groups
+    labels = json.loads((a / "manifest.json").read_text())["stages"]["labels"]["metrics"]
+    fit = json.loads((a / "teacher.json").read_text())["fit"]
+    assert fit["groups"] == labels["fit_groups"] == labels["dev_groups"] == 20 and fit["masked"] == 20
+    assert labels["weights"] == fit["weights"] == (fit["fitted"] if fit["adopted"] else [1.0, 1.0]) and labels["fit_adopted"] == fit["adopted"]
+    assert [m["weight"] for m in cfg.teacher_params["members"]] == fit["weights"] and sum(fit["fitted"]) == pytest.approx(2.0, abs=1e-3)
+    teacher = make_teacher(cfg.teacher, **cfg.teacher_params)
+    assert teacher.fingerprint == labels["teacher"] and (teacher.fingerprint != make_teacher("ensemble").fingerprint) == fit["adopted"]
     assert Path(cfg.corpus.spec) == (demo_data() / "docs").resolve() and cfg.corpus.passage_words == 120
     assert f"reranker serve {a / 'onnx'} --cascade {a / 'cascade.yaml'}" in runs["whole_out"].stdout
     entry = json.loads((a / "manifest.json").read_text())["stages"]["evaluate"]
@@ -239,3 +248,23 @@ def test_export_stage_defaults_to_auto_on_the_runs_own_dev_pairs(runs, tmp_path)
     folder, options = ctx.serving_model()
     assert folder == ctx.path("onnx") and options == {}
     assert load_model(folder, **options).precision == choice["precision"]
+
+
+def test_the_evaluations_teacher_scores_whole_query_groups():
+    """The teacher re-ranks each query's whole candidate list in one call (the ensemble's z-scores are per query): batches
+    smaller than a group must not split it, or each part is normalised on its own."""
+    from reranker.app.pipeline.evaluate import _teacher_rerank
+    from reranker.io.dataset import load_dataset
+    from reranker.retrieval import build_index
+    from teacher.base import Pair
+
+    ds = load_dataset(demo_data() / "docs", queries=demo_data() / "queries.jsonl", qrels=demo_data() / "qrels.tsv")
+    queries = dict(list(ds.require_queries().items())[:3])
+    first = build_index(ds.corpus, "bm25s").search({q: v.text for q, v in queries.items()}, k=10)
+    ens = make_teacher("ensemble", members=[{"name": "bm25"}])
+    ens.prepare(ds.corpus)
+    run, _ = _teacher_rerank(ens, queries, ds.corpus, first, top_k=10, batch_pairs=4)
+    for qid in first:
+        group = [Pair(qid, h.doc_id, queries[qid].text, ds.corpus[h.doc_id].contents) for h in first.ranking(qid)]
+        whole = {p.doc_id: j.score for p, j in zip(group, ens.score_batch(group))}
+        assert len(group) == 10 and dict(run[qid]) == pytest.approx(whole, abs=1e-9)

@@ -51,3 +51,22 @@ def test_teacher_cli_errors(tmp_path, tiny_beir):
     user_error("label", tiny_beir, "--store", tmp_path / "l.sqlite", "--teacher", "gpt9", match="unknown teacher 'gpt9'")
     user_error("label", tiny_beir, "--store", tmp_path / "l.sqlite", "--teacher", "bm25", "-p", "k3=1", match="unexpected keyword")
     user_error("generate-queries", tiny_beir, "--out", tmp_path / "q.jsonl", "--generator", "nope", match="unknown query generator")
+
+
+def test_label_with_a_teacher_file_and_first_stage_scores(tmp_path, shared):
+    """A pipeline's teacher.json labels as that teacher; with statistics=first-stage the BM25 member reads the run's scores."""
+    dl = shared / "datasets" / "trec-dl-2019"
+    run = tmp_path / "two.trec"  # two judged queries of the shared BM25 top 100, their first five passages
+    lines = [line for line in (dl / "bm25-top100.trec").read_text().splitlines() if line.split()[0] in {"264014", "104861"}]
+    run.write_text("\n".join(line for line in lines if int(line.split()[3]) <= 5) + "\n")
+    spec = {"teacher": "bm25", "params": {"statistics": "first-stage"}}
+    (tmp_path / "teacher.json").write_text(json.dumps(spec))
+    ok("label", dl / "bm25-top100.json", "--candidates", run, "--store", tmp_path / "l.sqlite",
+       "--teacher-file", tmp_path / "teacher.json", "--run-out", tmp_path / "teacher.trec")
+    scores = {tuple(line.split()[::2][:2]): float(line.split()[4]) for line in run.read_text().splitlines()}
+    labelled = {tuple(line.split()[::2][:2]): float(line.split()[4]) for line in (tmp_path / "teacher.trec").read_text().splitlines()}
+    assert labelled.keys() == scores.keys() and len(labelled) == 10
+    assert all(labelled[k] == pytest.approx(scores[k], abs=1e-4) for k in scores)  # the teacher's score is the run's
+    (tmp_path / "bad.json").write_text('{"params": {}}')
+    user_error("label", dl / "bm25-top100.json", "--candidates", run, "--store", tmp_path / "l2.sqlite",
+               "--teacher-file", tmp_path / "bad.json", match="bad.json: expected")

@@ -36,7 +36,9 @@ def test_ray_labels_equal_single_process_labels(local_ray, tmp_path):
     root = demo_data()
     ds = load_dataset(root / "docs", queries=root / "queries.jsonl", qrels=root / "qrels.tsv")
     cands = mine_candidates(ds.queries, [build_index(ds.corpus, "bm25s")], k=8)
-    teacher = make_teacher("ensemble", members=[{"name": "bm25", "weight": 1.0}])
+    # the second member reads each pair's first-stage score: it must travel to the actors with the pair
+    teacher = make_teacher("ensemble", members=[{"name": "bm25", "weight": 1.0},
+                                                {"name": "bm25", "weight": 0.5, "params": {"statistics": "first-stage"}}])
     with LabelStore(tmp_path / "single.sqlite") as single, LabelStore(tmp_path / "ray.sqlite") as distributed:
         label_pairs(teacher, ds.queries, ds.corpus, cands, single, batch_pairs=24, progress=False)
         report = label_pairs_ray(teacher, ds.queries, ds.corpus, cands, distributed, num_workers=2, batch_pairs=24)

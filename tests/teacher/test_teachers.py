@@ -109,13 +109,37 @@ def test_bm25_teacher_gives_the_full_corpus_bm25_score():
     assert all(0 < j.label < 1 for j in js)
 
 
+def test_bm25_teacher_scores_any_text_with_the_corpus_statistics():
+    teacher = make_teacher("bm25")
+    teacher.prepare(CORPUS)
+    same = teacher.bm25("solar electricity", [DOCS["solar"], "Photovoltaic   SOLAR panels turn sunlight into electricity!"])
+    assert same[0] == pytest.approx(same[1]) and same[0] > 0  # analysed as the index analyses: case, spacing, punctuation
+    # a text outside the corpus: only the corpus's terms count, with the corpus's IDF (stemmed "electr": in 3 of the 4)
+    n, df, avgdl = 4, 3, teacher._stats.avgdl
+    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    assert teacher.bm25("electricity zeppelin", ["zeppelin electricity"])[0] == pytest.approx(idf * 1 / (1 + 1.5 * (1 - 0.75 + 0.75 * 2 / avgdl)))
+    assert teacher.bm25("zeppelin", ["zeppelin"]) == [0.0]
+    unknown = teacher.score_batch([Pair("q", "not-in-corpus", "solar", DOCS["solar"]), Pair("q", "coal", "solar", DOCS["coal"])])
+    assert unknown[0].score > unknown[1].score == 0.0
+
+
+def test_bm25_teacher_reads_the_first_stage_score_when_told():
+    teacher = make_teacher("bm25", statistics="first-stage")
+    pairs = [Pair("q", d, "solar", DOCS[d], s) for d, s in (("solar", 12.0), ("wind", 3.0), ("coal", 0.0))]
+    js = teacher.score_batch(pairs)  # no corpus needed: the run's scores carry the collection's statistics
+    assert [j.score for j in js] == [12.0, 3.0, 0.0] and js[0].label > js[1].label > js[2].label
+    with pytest.raises(TeacherError, match="first-stage score; pair \\('q', 'wind'\\) has none"):
+        teacher.score_batch([pairs[0], Pair("q", "wind", "solar", DOCS["wind"])])
+    with pytest.raises(RerankerError, match="statistics must be one of corpus, first-stage"):
+        make_teacher("bm25", statistics="pool")
+
+
 def test_bm25_teacher_errors():
     teacher = make_teacher("bm25")
     with pytest.raises(TeacherError, match="needs its corpus"):
         teacher.score_batch(pairs_for("q", "solar"))
-    teacher.prepare(CORPUS)
-    with pytest.raises(TeacherError, match="not in the bm25 teacher's index"):
-        teacher.score_batch([Pair("q", "nope", "solar", "text")])
+    with pytest.raises(TeacherError, match="empty corpus"):
+        teacher.prepare(Corpus())
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +154,9 @@ def test_bi_encoder_teacher_prefers_the_relevant_passage(bi_encoder):
     # raw scores do not depend on the batch around a pair
     alone = bi_encoder.score_batch([Pair("q", "wind", "energy from moving air", DOCS["wind"])])
     assert alone[0].score == pytest.approx(js[1].score, abs=1e-5)
+    # the document cache is keyed by the text too: another text under the same id is encoded, not looked up
+    other = bi_encoder.score_batch([Pair("q", "wind", "energy from moving air", DOCS["coal"])])
+    assert other[0].score == pytest.approx(js[2].score, abs=1e-5) and other[0].score < alone[0].score
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ def label(
     store: Annotated[Path, typer.Option(help="Label store (SQLite) to write; a rerun resumes it.")],
     teacher: Annotated[str, typer.Option(help="Teacher backend: ensemble, bm25, bi-encoder, cross-encoder, hf, llama-cpp, openai, vllm.")] = "ensemble",
     param: ParamOpt = None,
+    teacher_file: Annotated[Path | None, typer.Option(help="A teacher as JSON ({\"teacher\": NAME, \"params\": {...}}), e.g. a pipeline run's teacher.json (the ensemble with its fitted weights); replaces --teacher, -p adds to its params.")] = None,
     queries: Annotated[Path | None, typer.Option(help="Queries to label (JSONL, e.g. from generate-queries, or qid<TAB>text).")] = None,
     candidates: Annotated[Path | None, typer.Option(help="TREC run of candidates; else mined with --retriever.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query when mining.")] = 20,
@@ -47,7 +48,11 @@ def label(
 
     ds = load_dataset(dataset, split=split)
     qs, positives = read_queries_file(queries) if queries else (ds.require_queries(), {})
-    t = make_teacher(teacher, **params_of(param))
+    if teacher_file is not None:
+        teacher, base = read_teacher_file(teacher_file)
+        t = make_teacher(teacher, **{**base, **params_of(param)})
+    else:
+        t = make_teacher(teacher, **params_of(param))
     if candidates is not None:
         cands = read_run(candidates).restrict(qs)
     else:
@@ -72,6 +77,21 @@ def label(
         f"labelled {report.labelled} pairs ({report.skipped} already in {store}) for {report.queries} queries "
         f"with {t.fingerprint} in {report.seconds:.1f} s ({report.pairs_per_second:.1f} pairs/s)"
     )
+
+
+def read_teacher_file(path: Path) -> tuple[str, dict]:
+    """(name, params) of a teacher JSON file; a clear error for anything else."""
+    import json
+
+    from reranker.errors import DataFormatError
+
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(path, getattr(exc, "lineno", None), f"not a readable JSON teacher file ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("teacher"), str) or not isinstance(spec.get("params", {}), dict):
+        raise DataFormatError(path, None, 'expected {"teacher": NAME, "params": {...}} (a pipeline run\'s teacher.json)')
+    return spec["teacher"], spec.get("params", {})
 
 
 def _student_scores(model_dir: Path, queries, corpus, candidates):

@@ -52,6 +52,9 @@ class LabelsSection(Section):
     batch_pairs: int = Field(64, ge=1)
     retries: int = Field(2, ge=0)
     dev_share: float = Field(0.1, gt=0, lt=1, description="Share of the labelled groups held out for the dev set.")
+    fit_weights: bool = Field(True, description=(
+        "An ensemble teacher's member weights are fitted on the dev queries' groups (their source passages, with the "
+        "query's words taken out of them: teacher/fusion.py) before labelling; false keeps the configured weights."))
 
 
 class ExportSection(Section):

@@ -71,9 +71,10 @@ def write_cascade_config(ctx: Context) -> None:
     portable = spec.spec if spec.spec.startswith("package:") or not looks_like_path(spec.spec) \
         else str(resolve_path(spec.spec, ctx.base).resolve())
     ev = ctx.config.evaluate
+    teacher, params = ctx.teacher()
     cfg = CascadeConfig(corpus=spec.model_copy(update={"spec": portable, "queries": None, "qrels": None}),
-                        first_stage=ev.first_stage, student_top_k=ev.cascade.student_top_k, teacher=ctx.config.labels.teacher,
-                        teacher_params=ctx.config.labels.params, teacher_top_k=ev.cascade.teacher_top_k)
+                        first_stage=ev.first_stage, student_top_k=ev.cascade.student_top_k, teacher=teacher,
+                        teacher_params=params, teacher_top_k=ev.cascade.teacher_top_k)
     data = cfg.model_dump(exclude_none=True)
     data["corpus"] = {k: v for k, v in data["corpus"].items() if v is not None}
     header = (f"# The cascade that pipeline {ctx.config.name!r} evaluated, over the pipeline's corpus; serve it with\n"
@@ -91,20 +92,23 @@ def _timed_rerank(scorer, queries, corpus, run: Run, top_k: int) -> tuple[Run, f
 
 
 def _teacher_rerank(teacher, queries, corpus, run: Run, top_k: int, batch_pairs: int = 64) -> tuple[Run, float]:
-    """``run``'s top ``top_k`` re-scored by the teacher (pairs keep their ids: lexical teachers look documents up)."""
+    """``run``'s top ``top_k`` re-scored by the teacher, in batches of whole query groups (a teacher may normalise
+    within a query: the ensemble's z-scores); pairs keep their ids and first-stage scores."""
     from tqdm.auto import tqdm
 
     from teacher.base import Pair
+    from teacher.labeling import batches_of_groups
 
-    pairs = [Pair(qid, h.doc_id, queries[qid].text, corpus.get(h.doc_id).contents)
-             for qid in run if qid in queries for h in run.ranking(qid)[:top_k]]
+    groups = [[Pair(qid, h.doc_id, queries[qid].text, corpus.get(h.doc_id).contents, h.score) for h in run.ranking(qid)[:top_k]]
+              for qid in run if qid in queries]
     start = time.perf_counter()
     out = Run(name="teacher")
-    for i in tqdm(range(0, len(pairs), batch_pairs), desc="teacher re-ranking", unit="batch", disable=None):
-        batch = pairs[i : i + batch_pairs]
-        for pair, judged in zip(batch, teacher.score_batch(batch)):
-            out.add(pair.query_id, pair.doc_id, float(judged.score))
-    return out, len(pairs) / max(time.perf_counter() - start, 1e-9)
+    with tqdm(total=sum(map(len, groups)), desc="teacher re-ranking", unit="pair", disable=None) as bar:
+        for batch in batches_of_groups(iter(groups), batch_pairs):
+            for pair, judged in zip(batch, teacher.score_batch(batch)):
+                out.add(pair.query_id, pair.doc_id, float(judged.score))
+            bar.update(len(batch))
+    return out, out.num_entries() / max(time.perf_counter() - start, 1e-9)
 
 
 def evaluate_models(ctx: Context) -> dict[str, Any]:
@@ -132,7 +136,8 @@ def evaluate_models(ctx: Context) -> dict[str, Any]:
     runs["student"], speed["student"] = _timed_rerank(scorer, queries, ds.corpus, first, depth)
     teacher_run = None
     if ev.teacher or ev.cascade.enabled:
-        teacher = make_teacher(ctx.config.labels.teacher, **ctx.config.labels.params)
+        name, params = ctx.teacher()  # the teacher that labelled the run, with its fitted weights
+        teacher = make_teacher(name, **params)
         teacher.prepare(ds.corpus)  # e.g. the BM25 statistics of this corpus
         if ev.teacher:
             teacher_run, speed["teacher"] = _teacher_rerank(teacher, queries, ds.corpus, first, ev.top_k)

@@ -54,6 +54,15 @@ class Context:
             self.cache[key] = read_data(spec, self.base)
         return self.cache[key]
 
+    def teacher(self) -> tuple[str, dict[str, Any]]:
+        """The teacher (name, parameters) that labelled this run: ``teacher.json`` of the labels stage (an ensemble's
+        fitted weights), else the config's."""
+        path = self.path("teacher.json")
+        if path.is_file():
+            spec = json.loads(path.read_text())
+            return spec["teacher"], spec["params"]
+        return self.config.labels.teacher, dict(self.config.labels.params)
+
     def serving_model(self) -> tuple[Path, dict[str, Any]]:
         """The folder (and load options) that evaluation and promotion use and `serve` should get:
         the ONNX export at ``export.serve`` precision when there is one, else the torch student."""

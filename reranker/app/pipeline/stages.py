@@ -103,8 +103,15 @@ def stage_candidates(ctx: Context) -> dict[str, Any]:
 # --- labels -------------------------------------------------------------------------------
 
 
+#: dev groups with their source passage needed to fit an ensemble's weights (two to a few numbers)
+MIN_FIT_GROUPS = 20
+
+
 def stage_labels(ctx: Context) -> dict[str, Any]:
+    """Label the candidates with the teacher (an ensemble's weights fitted first, on the dev queries' groups), export the
+    groups and split them into train and dev by query; ``teacher.json`` says which teacher labelled them, with what."""
     from reranker.io.trec import read_run
+    from teacher.backends.ensemble import EnsembleTeacher
     from teacher.base import make_teacher
     from teacher.labeling import label_pairs
     from teacher.store import LabelStore
@@ -112,24 +119,46 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
     lab = ctx.config.labels
     corpus = ctx.data(ctx.config.corpus).corpus
     queries, positives = _training_queries(ctx)
+    candidates = read_run(ctx.path("candidates.trec"))
+    rng = random.Random(ctx.config.seed)
+    order = sorted(candidates)
+    rng.shuffle(order)
+    dev_ids = set(order[: max(1, round(len(order) * lab.dev_share)) if len(order) > 1 else 0])
     teacher = make_teacher(lab.teacher, **lab.params)
+    fit = None
+    if lab.fit_weights and isinstance(teacher, EnsembleTeacher):
+        teacher, fit = _fit_teacher(teacher, queries, positives, corpus, candidates.restrict(dev_ids))
+    spec = {"teacher": lab.teacher, "params": teacher.params if fit else dict(lab.params), "fit": fit.to_dict() if fit else None}
+    ctx.path("teacher.json").write_text(json.dumps(spec, indent=2) + "\n")
+    figures = {"weights": fit.weights, "fit_adopted": fit.adopted, "fit_p": round(fit.p_value, 4), "fit_groups": fit.groups,
+               "fit_mrr": [round(fit.mrr_configured, 4), round(fit.mrr_fitted, 4)]} if fit else {}
     with LabelStore(ctx.path("labels.sqlite")) as store:
-        report = label_pairs(teacher, queries, corpus, read_run(ctx.path("candidates.trec")), store,
-                             batch_pairs=lab.batch_pairs, retries=lab.retries)
+        report = label_pairs(teacher, queries, corpus, candidates, store, batch_pairs=lab.batch_pairs, retries=lab.retries)
         store.export_groups(ctx.path("groups.jsonl"), teacher.fingerprint, teacher.prompt_version, queries, corpus, positives or None)
     overridden = _apply_feedback(_feedback_pairs(ctx, queries), ctx.path("groups.jsonl"))
     lines = ctx.path("groups.jsonl").read_text().splitlines()
-    rng = random.Random(ctx.config.seed)
-    order = list(range(len(lines)))
-    rng.shuffle(order)
-    n_dev = max(1, round(len(lines) * lab.dev_share)) if len(lines) > 1 else 0
-    dev = sorted(order[:n_dev])
-    train = sorted(order[n_dev:])
-    ctx.path("train.jsonl").write_text("".join(lines[i] + "\n" for i in train))
-    ctx.path("dev.jsonl").write_text("".join(lines[i] + "\n" for i in dev))
+    dev = [line for line in lines if json.loads(line)["query_id"] in dev_ids]
+    train = [line for line in lines if json.loads(line)["query_id"] not in dev_ids]
+    ctx.path("train.jsonl").write_text("".join(line + "\n" for line in train))
+    ctx.path("dev.jsonl").write_text("".join(line + "\n" for line in dev))
     return {"teacher": teacher.fingerprint, "pairs_labelled": report.labelled, "pairs_resumed": report.skipped,
             "pairs_per_second": round(report.pairs_per_second, 2), "groups": len(lines), "train_groups": len(train),
-            "dev_groups": len(dev), "feedback_labels": overridden}
+            "dev_groups": len(dev), "feedback_labels": overridden, **figures}
+
+
+def _fit_teacher(teacher, queries, positives, corpus, dev_candidates):
+    """The ensemble with member weights fitted on the dev queries' groups (:mod:`teacher.fusion`) and the fit's report;
+    with fewer than :data:`MIN_FIT_GROUPS` groups that hold their source passage, the configured weights and None."""
+    from teacher.fusion import fit_ensemble
+    from teacher.labeling import query_groups
+
+    groups = list(query_groups(queries, corpus, dev_candidates))
+    if sum(1 for g in groups if any(p.doc_id == positives.get(p.query_id) for p in g)) < MIN_FIT_GROUPS:
+        log.warning("fewer than %d dev groups hold their source passage: the ensemble keeps its configured weights", MIN_FIT_GROUPS)
+        return teacher, None
+    teacher.prepare(corpus)
+    teacher.warm_up()
+    return fit_ensemble(teacher, groups, positives)
 
 
 def _apply_feedback(pairs: list[tuple[str, str, float]], groups_path: Path) -> int:
@@ -242,7 +271,7 @@ STAGE_LIST = [
           inputs=lambda ctx: _checksums(ctx, feedback=True)),
     # labels.sqlite is not an output but a cache: teacher labels are paid for, and a rerun with other
     # inputs (new feedback, more queries) reuses every pair labelled before by the same teacher and prompt
-    Stage("labels", ("groups.jsonl", "train.jsonl", "dev.jsonl"), stage_labels, lambda c: c.labels,
+    Stage("labels", ("groups.jsonl", "train.jsonl", "dev.jsonl", "teacher.json"), stage_labels, lambda c: c.labels,
           inputs=lambda ctx: _checksums(ctx, feedback=True)),
     Stage("distill", ("student",), stage_distill, lambda c: c.distill_settings()),
     Stage("export", ("onnx",), stage_export, lambda c: c.export, enabled=lambda cfg: cfg.export.enabled),
