@@ -104,20 +104,24 @@ def plot(rows_q, rows_s, rows_c) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if rows_q:
+    if rows_q:  # one panel per data set, a horizontal bar per run (the labels are long)
         sets = list(dict.fromkeys(r[0] for r in rows_q))
-        fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.5), squeeze=False)
-        for ax, name in zip(axes[0], sets):
-            runs = [(r[1], r[2]) for r in rows_q if r[0] == name]
-            ax.bar([r[0] for r in runs], [r[1] for r in runs], color="#4c72b0")
-            ax.set_title(name)
-            ax.set_ylabel("nDCG@10")
-            ax.set_ylim(0, 1)
-            ax.tick_params(axis="x", rotation=30)
+        counts = [sum(1 for r in rows_q if r[0] == name) for name in sets]
+        fig, axes = plt.subplots(len(sets), 1, figsize=(11, 0.3 * sum(counts) + 1.0 * len(sets)), squeeze=False,
+                                 gridspec_kw={"height_ratios": counts})
+        for ax, name in zip(axes[:, 0], sets):
+            runs = [(r[1] if len(r[1]) <= 72 else r[1][:69] + "...", r[2]) for r in rows_q if r[0] == name]
+            ax.barh(range(len(runs)), [r[1] for r in runs], color="#4c72b0")  # by position: shortened labels may repeat
+            ax.set_yticks(range(len(runs)), [r[0] for r in runs])
+            ax.set_title(name, fontsize=10)
+            ax.set_xlim(0, 1)
+            ax.invert_yaxis()
+            ax.tick_params(axis="y", labelsize=7)
             for i, (_, v) in enumerate(runs):
-                ax.text(i, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+                ax.text(v + 0.005, i, f"{v:.3f}", va="center", fontsize=7)
+        axes[-1, 0].set_xlabel("nDCG@10")
         fig.tight_layout()
-        fig.savefig(RESULTS / "quality.png", dpi=120)
+        fig.savefig(RESULTS / "quality.png", dpi=110)
         plt.close(fig)
     for rows, file, label in ((rows_s, "speed.png", "pairs / s (2-core CPU)"), (rows_c, "cost.png", "per hour (2-core CPU)")):
         if not rows:
@@ -138,7 +142,7 @@ def main() -> None:
     md = ["# Benchmark summary", "", ("Made by `python benchmarks/summary.py` from the committed results in this folder; "
           "each figure links to the page (and command) that measured it. All on this project's 2-core CPU machine, except "
           "the teacher ladder's training (a GPU lent for it; its page says which)."), "",
-          "## Quality (nDCG@10; `distill_scifact.md`, `student_curve.md`, `pipeline_corpora.md`, `dl19_quality.md`)", "", "![quality](quality.png)", "",
+          "## Quality (nDCG@10; `distill_scifact.md`, `student_curve.md`, `pipeline_corpora.md`, `dl19_quality.md`, `teacher_fusion.md`, `demo_quality.md`)", "", "![quality](quality.png)", "",
           "| data | run | nDCG@10 |", "|---|---|---:|"]
     md += [f"| {d} | {r} | {v:.4f} |" for d, r, v in rows_q]
     md += ["", "## Speed (pairs/s; `teachers.md`, `onnx_speed.md`, `server_load.md`)", "", "![speed](speed.png)", "",

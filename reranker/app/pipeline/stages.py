@@ -130,7 +130,7 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
         teacher, fit = _fit_teacher(teacher, queries, positives, corpus, candidates.restrict(dev_ids))
     spec = {"teacher": lab.teacher, "params": teacher.params if fit else dict(lab.params), "fit": fit.to_dict() if fit else None}
     ctx.path("teacher.json").write_text(json.dumps(spec, indent=2) + "\n")
-    figures = {"weights": fit.weights, "fit_adopted": fit.adopted, "fit_p": round(fit.p_value, 4), "fit_groups": fit.groups,
+    figures = {"weights": fit.weights, "fit_adopted": fit.adopted, "fit_p": float(f"{fit.p_value:.3g}"), "fit_groups": fit.groups,
                "fit_mrr": [round(fit.mrr_configured, 4), round(fit.mrr_fitted, 4)]} if fit else {}
     with LabelStore(ctx.path("labels.sqlite")) as store:
         report = label_pairs(teacher, queries, corpus, candidates, store, batch_pairs=lab.batch_pairs, retries=lab.retries)
