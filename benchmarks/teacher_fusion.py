@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from teacher.backends.normalize import zscores  # noqa: E402
 from teacher.base import Pair, make_generator, make_teacher  # noqa: E402
 from teacher.fusion import fit_ensemble  # noqa: E402
 from teacher.generate import FilterConfig, generate_queries  # noqa: E402
-from teacher.labeling import query_groups  # noqa: E402
+from teacher.labeling import held_out_queries, query_groups  # noqa: E402
 from teacher.mining import mine_candidates  # noqa: E402
 
 log = logging.getLogger("teacher_fusion")
@@ -73,9 +72,7 @@ def fit_groups(ds):
     positives = {s.query_id: s.doc_id for s in result.queries}
     retrievers = [build_index(ds.corpus, r) for r in c.retrievers]
     cands = mine_candidates(queries, retrievers, k=c.depth, positives=positives, n_negatives=c.negatives, seed=SEED)
-    order = sorted(cands)
-    random.Random(SEED).shuffle(order)
-    dev = order[: max(1, round(len(order) * lab.dev_share))]
+    dev = held_out_queries(cands, lab.dev_share, SEED)
     return list(query_groups(queries, ds.corpus, cands.restrict(dev))), positives, len(queries)
 
 

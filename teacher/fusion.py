@@ -34,11 +34,17 @@ import numpy as np
 
 from reranker.errors import RerankerError
 
+from reranker.records import Corpus, Query, Run
+
 from .backends.ensemble import EnsembleTeacher
 from .backends.normalize import zscores
 from .base import Pair
+from .labeling import query_groups
 
 log = logging.getLogger(__name__)
+
+#: groups that hold their source passage needed before a fit is tried (it fits two to a few numbers)
+MIN_FIT_GROUPS = 20
 
 
 @dataclass
@@ -186,3 +192,18 @@ def fit_ensemble(
              "positives %.4f (configured %s) -> %.4f out of fold, p = %.3g: %s", fit.groups, fit.masked, fit.fitted,
              fit.mrr_configured, fit.configured, fit.mrr_fitted, p, "adopted" if adopted else "the configured weights stay")
     return (teacher.reweighted(fit.weights) if adopted else teacher), fit
+
+
+def fit_on_queries(
+    teacher: EnsembleTeacher, queries: Mapping[str, Query], positives: Mapping[str, str], corpus: Corpus, candidates: Run,
+    query_ids: set[str],
+) -> tuple[EnsembleTeacher, FusionFit | None]:
+    """:func:`fit_ensemble` on the candidate groups of ``query_ids`` (the held-out queries; prepares the teacher).
+    With fewer than :data:`MIN_FIT_GROUPS` of them holding their source passage: ``(teacher, None)``."""
+    groups = list(query_groups(queries, corpus, candidates.restrict(query_ids)))
+    if sum(1 for g in groups if any(p.doc_id == positives.get(p.query_id) for p in g)) < MIN_FIT_GROUPS:
+        log.warning("fewer than %d held-out groups hold their source passage: the ensemble keeps its configured weights", MIN_FIT_GROUPS)
+        return teacher, None
+    teacher.prepare(corpus)
+    teacher.warm_up()
+    return fit_ensemble(teacher, groups, positives)

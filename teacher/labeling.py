@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from reranker.errors import RerankerError
@@ -48,6 +48,16 @@ def query_groups(queries: Mapping[str, Query], corpus: Corpus, candidates: Run) 
                 raise RerankerError(f"the candidates of query {qid!r} name document {hit.doc_id!r}, which the corpus does not have")
             group.append(Pair(qid, hit.doc_id, queries[qid].text, doc.contents, hit.score))
         yield group
+
+
+def held_out_queries(query_ids: Iterable[str], share: float, seed: int = 0) -> set[str]:
+    """A seeded ``share`` of the query ids (at least one when there are two or more): the pipeline's dev queries, on
+    which an ensemble's weights are checked before labelling."""
+    import random
+
+    order = sorted(query_ids)
+    random.Random(seed).shuffle(order)
+    return set(order[: max(1, round(len(order) * share)) if len(order) > 1 else 0])
 
 
 def batches_of_groups(groups: Iterator[list[Pair]], batch_pairs: int) -> Iterator[list[Pair]]:

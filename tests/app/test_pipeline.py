@@ -171,6 +171,22 @@ def test_reruns_skip_what_is_current_and_follow_changed_inputs(runs):
         assert load_model(models / v / "onnx").score([("invoice", "expense claims")]).shape == (1,)
 
 
+def test_fit_weights_false_keeps_the_configured_teacher(runs):
+    """labels.fit_weights: false labels with the configured ensemble (no check, no fit in teacher.json); the changed
+    labels section reruns labels and what follows, not the queries or candidates."""
+    tmp = runs["tmp"]
+    cfg = yaml.safe_load((tmp / "killed.yaml").read_text())  # the killed run's live folder: the other tests read its snapshot
+    cfg["labels"]["fit_weights"] = False
+    (tmp / "nofit.yaml").write_text(yaml.safe_dump(cfg))
+    res = ok("pipeline", "run", tmp / "nofit.yaml", cwd=tmp)
+    assert "queries: up to date, skipped" in res.stderr and "candidates: up to date, skipped" in res.stderr
+    assert "labels: running" in res.stderr
+    spec = json.loads((runs["killed"] / "teacher.json").read_text())
+    assert spec == {"teacher": "ensemble", "params": {}, "fit": None}
+    labels = json.loads((runs["killed"] / "manifest.json").read_text())["stages"]["labels"]["metrics"]
+    assert "weights" not in labels and labels["teacher"] == make_teacher("ensemble").fingerprint
+
+
 def test_broken_configs_are_rejected_before_any_work(tmp_path):
     good = yaml.safe_load(tiny_config(tmp_path, "x").read_text())
     cases = [

@@ -70,3 +70,27 @@ def test_label_with_a_teacher_file_and_first_stage_scores(tmp_path, shared):
     (tmp_path / "bad.json").write_text('{"params": {}}')
     user_error("label", dl / "bm25-top100.json", "--candidates", run, "--store", tmp_path / "l2.sqlite",
                "--teacher-file", tmp_path / "bad.json", match="bad.json: expected")
+
+
+def test_label_checks_the_ensembles_weights_on_held_out_synthetic_queries(tmp_path):
+    """--fit-weights runs the pipeline's check; --teacher-out writes the teacher as it labelled, and --teacher-file with
+    that file is the same teacher (its labels are found in the store)."""
+    from reranker.io.dataset import demo_data
+
+    docs = demo_data() / "docs"
+    ok("generate-queries", docs, "--out", tmp_path / "q.jsonl")
+    store = tmp_path / "l.sqlite"
+    res = ok("label", docs, "--queries", tmp_path / "q.jsonl", "--store", store, "-k", "5", "--fit-weights", "--fit-share", "0.25",
+             "--teacher-out", tmp_path / "teacher.json")
+    spec = json.loads((tmp_path / "teacher.json").read_text())
+    fit = spec["fit"]
+    assert spec["teacher"] == "ensemble" and fit["groups"] >= 20 and fit["masked"] == fit["groups"]
+    assert fit["weights"] == (fit["fitted"] if fit["adopted"] else fit["configured"])
+    assert [m["weight"] for m in spec["params"]["members"]] == fit["weights"]
+    assert f"ensemble weights {fit['weights']}" in res.stdout
+    again = ok("label", docs, "--queries", tmp_path / "q.jsonl", "--store", store, "-k", "5", "--teacher-file", tmp_path / "teacher.json")
+    assert "labelled 0 pairs" in again.stdout  # the same fingerprint: every pair is in the store already
+    user_error("label", docs, "--queries", tmp_path / "q.jsonl", "--store", store, "--teacher", "bm25", "--fit-weights",
+               match="weighs an ensemble's members; the bm25 teacher has none")
+    (tmp_path / "topics.tsv").write_text("t1\tvpn setup\n")
+    user_error("label", docs, "--queries", tmp_path / "topics.tsv", "--store", store, "--fit-weights", match="needs queries with their source passages")

@@ -20,6 +20,9 @@ def label(
     teacher: Annotated[str, typer.Option(help="Teacher backend: ensemble, bm25, bi-encoder, cross-encoder, hf, llama-cpp, openai, vllm.")] = "ensemble",
     param: ParamOpt = None,
     teacher_file: Annotated[Path | None, typer.Option(help="A teacher as JSON ({\"teacher\": NAME, \"params\": {...}}), e.g. a pipeline run's teacher.json (the ensemble with its fitted weights); replaces --teacher, -p adds to its params.")] = None,
+    fit_weights: Annotated[bool, typer.Option(help="An ensemble's member weights checked first on a held-out share of the synthetic queries (their source passages; adopted only when significantly better), as the pipeline does; needs --queries from generate-queries.")] = False,
+    fit_share: Annotated[float, typer.Option(min=0.01, max=0.99, help="With --fit-weights: the share of queries held out for the check.")] = 0.1,
+    teacher_out: Annotated[Path | None, typer.Option(help="Write the teacher as it labelled (name, params, the weight check) as JSON, for --teacher-file.")] = None,
     queries: Annotated[Path | None, typer.Option(help="Queries to label (JSONL, e.g. from generate-queries, or qid<TAB>text).")] = None,
     candidates: Annotated[Path | None, typer.Option(help="TREC run of candidates; else mined with --retriever.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Candidates per query when mining.")] = 20,
@@ -60,6 +63,12 @@ def label(
         cands = mine_candidates(qs, rs, k=k, positives=positives, n_negatives=negatives, seed=seed)
     if save_candidates is not None:
         write_run(save_candidates, cands)
+    fit = None
+    if fit_weights:
+        t, fit = _fit_weights(t, qs, positives, ds.corpus, cands, fit_share, seed)
+    if teacher_out is not None:
+        spec = {"teacher": t.name, "params": t.params, "fit": fit.to_dict() if fit else None}
+        teacher_out.write_text(json.dumps(spec, indent=2) + "\n")
     with LabelStore(store) as st:
         if budget is not None:
             cands = _select(cands, budget, select, student, query_encoder, qs, ds.corpus, st, t, seed)
@@ -79,10 +88,27 @@ def label(
     )
 
 
+def _fit_weights(t, queries, positives, corpus, candidates, share: float, seed: int):
+    from reranker.errors import RerankerError
+    from teacher.backends.ensemble import EnsembleTeacher
+    from teacher.fusion import fit_on_queries
+    from teacher.labeling import held_out_queries
+
+    if not isinstance(t, EnsembleTeacher):
+        raise RerankerError(f"--fit-weights weighs an ensemble's members; the {t.name} teacher has none")
+    if not positives:
+        raise RerankerError("--fit-weights needs queries with their source passages (--queries from generate-queries: a doc_id per query)")
+    fitted, fit = fit_on_queries(t, queries, positives, corpus, candidates, held_out_queries(candidates, share, seed))
+    if fit is None:
+        typer.echo("too few held-out queries hold their source passage among their candidates: the configured weights stay", err=True)
+    else:
+        typer.echo(f"ensemble weights {fit.weights} ({'fitted' if fit.adopted else 'configured'}; fitted {fit.fitted}, p = {fit.p_value:.3g}, "
+                   f"{fit.groups} held-out groups)")
+    return fitted, fit
+
+
 def read_teacher_file(path: Path) -> tuple[str, dict]:
     """(name, params) of a teacher JSON file; a clear error for anything else."""
-    import json
-
     from reranker.errors import DataFormatError
 
     try:

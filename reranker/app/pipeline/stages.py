@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
@@ -103,31 +102,25 @@ def stage_candidates(ctx: Context) -> dict[str, Any]:
 # --- labels -------------------------------------------------------------------------------
 
 
-#: dev groups with their source passage needed to fit an ensemble's weights (two to a few numbers)
-MIN_FIT_GROUPS = 20
-
-
 def stage_labels(ctx: Context) -> dict[str, Any]:
     """Label the candidates with the teacher (an ensemble's weights fitted first, on the dev queries' groups), export the
     groups and split them into train and dev by query; ``teacher.json`` says which teacher labelled them, with what."""
     from reranker.io.trec import read_run
     from teacher.backends.ensemble import EnsembleTeacher
     from teacher.base import make_teacher
-    from teacher.labeling import label_pairs
+    from teacher.fusion import fit_on_queries
+    from teacher.labeling import held_out_queries, label_pairs
     from teacher.store import LabelStore
 
     lab = ctx.config.labels
     corpus = ctx.data(ctx.config.corpus).corpus
     queries, positives = _training_queries(ctx)
     candidates = read_run(ctx.path("candidates.trec"))
-    rng = random.Random(ctx.config.seed)
-    order = sorted(candidates)
-    rng.shuffle(order)
-    dev_ids = set(order[: max(1, round(len(order) * lab.dev_share)) if len(order) > 1 else 0])
+    dev_ids = held_out_queries(candidates, lab.dev_share, ctx.config.seed)
     teacher = make_teacher(lab.teacher, **lab.params)
     fit = None
     if lab.fit_weights and isinstance(teacher, EnsembleTeacher):
-        teacher, fit = _fit_teacher(teacher, queries, positives, corpus, candidates.restrict(dev_ids))
+        teacher, fit = fit_on_queries(teacher, queries, positives, corpus, candidates, dev_ids)
     spec = {"teacher": lab.teacher, "params": teacher.params if fit else dict(lab.params), "fit": fit.to_dict() if fit else None}
     ctx.path("teacher.json").write_text(json.dumps(spec, indent=2) + "\n")
     figures = {"weights": fit.weights, "fit_adopted": fit.adopted, "fit_p": float(f"{fit.p_value:.3g}"), "fit_groups": fit.groups,
@@ -144,21 +137,6 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
     return {"teacher": teacher.fingerprint, "pairs_labelled": report.labelled, "pairs_resumed": report.skipped,
             "pairs_per_second": round(report.pairs_per_second, 2), "groups": len(lines), "train_groups": len(train),
             "dev_groups": len(dev), "feedback_labels": overridden, **figures}
-
-
-def _fit_teacher(teacher, queries, positives, corpus, dev_candidates):
-    """The ensemble with member weights fitted on the dev queries' groups (:mod:`teacher.fusion`) and the fit's report;
-    with fewer than :data:`MIN_FIT_GROUPS` groups that hold their source passage, the configured weights and None."""
-    from teacher.fusion import fit_ensemble
-    from teacher.labeling import query_groups
-
-    groups = list(query_groups(queries, corpus, dev_candidates))
-    if sum(1 for g in groups if any(p.doc_id == positives.get(p.query_id) for p in g)) < MIN_FIT_GROUPS:
-        log.warning("fewer than %d dev groups hold their source passage: the ensemble keeps its configured weights", MIN_FIT_GROUPS)
-        return teacher, None
-    teacher.prepare(corpus)
-    teacher.warm_up()
-    return fit_ensemble(teacher, groups, positives)
 
 
 def _apply_feedback(pairs: list[tuple[str, str, float]], groups_path: Path) -> int:
