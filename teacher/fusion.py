@@ -93,9 +93,9 @@ def fit_weights(features: Sequence[np.ndarray], positives: Sequence[int], l2: fl
         total, grad = l2 * float(w @ w), 2 * l2 * w
         for f, pos in zip(features, positives):
             s = f @ w
-            s = s - s.max()
-            p = np.exp(s) / np.exp(s).sum()
-            total -= s[pos] - np.log(np.exp(s).sum())
+            e = np.exp(s - s.max())
+            p = e / e.sum()
+            total -= np.log(p[pos])
             grad = grad - (f[pos] - p @ f)
         return total / len(features), grad / len(features)
 
@@ -104,8 +104,12 @@ def fit_weights(features: Sequence[np.ndarray], positives: Sequence[int], l2: fl
 
 
 def reciprocal_ranks(features: Sequence[np.ndarray], positives: Sequence[int], w: np.ndarray) -> np.ndarray:
-    """1 / rank of each group's positive under ``F_g w`` (ties counted in the positive's favour)."""
-    return np.array([1.0 / (1 + int(np.sum(f @ w > (f @ w)[pos]))) for f, pos in zip(features, positives)])
+    """1 / rank of each group's positive under ``F_g w``; a tie counts half a place (weights of 0 rank no positive first)."""
+    out = []
+    for f, pos in zip(features, positives):
+        s = f @ w
+        out.append(1.0 / (1 + int(np.sum(s > s[pos])) + (int(np.sum(s == s[pos])) - 1) / 2))
+    return np.array(out)
 
 
 def cross_fitted_ranks(features: Sequence[np.ndarray], positives: Sequence[int], folds: int = 5, seed: int = 0) -> np.ndarray:

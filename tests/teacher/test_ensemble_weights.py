@@ -110,3 +110,9 @@ def test_fit_ensemble_needs_groups_with_their_positive():
         fit_ensemble(ens, groups, {"q": "c"})
     with pytest.raises(RerankerError, match="3 weights for an ensemble of 2"):
         ens.reweighted([1.0, 1.0, 1.0])
+
+
+def test_ties_take_the_middle_place():
+    features = [np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])]
+    assert reciprocal_ranks(features, [0], np.array([1.0, 0.0])) == pytest.approx([1 / 1.5])
+    assert reciprocal_ranks(features, [0], np.zeros(2)) == pytest.approx([1 / 2])  # no weight ranks no positive first
