@@ -99,6 +99,29 @@ def make_teacher(name: str, **params: Any) -> Teacher:
     return TEACHERS.create(name, **params)
 
 
+def write_teacher_file(path, name: str, params: dict[str, Any], fit: dict[str, Any] | None = None) -> None:
+    """A teacher as JSON, ``{"teacher": NAME, "params": {...}, "fit": ...}`` (the pipeline's ``teacher.json``,
+    ``reranker label --teacher-out``): what labelled, so that evaluation, the cascade and ``--teacher-file`` use it."""
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps({"teacher": name, "params": params, "fit": fit}, indent=2) + "\n")
+
+
+def read_teacher_file(path) -> tuple[str, dict[str, Any]]:
+    """(name, params) of a file :func:`write_teacher_file` wrote; a clear error for anything else."""
+    from pathlib import Path
+
+    from reranker.errors import DataFormatError
+
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataFormatError(path, getattr(exc, "lineno", None), f"not a readable JSON teacher file ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("teacher"), str) or not isinstance(spec.get("params", {}), dict):
+        raise DataFormatError(path, None, 'expected {"teacher": NAME, "params": {...}} (a pipeline run\'s teacher.json)')
+    return spec["teacher"], spec.get("params", {})
+
+
 # --- query generation -------------------------------------------------------------------
 
 

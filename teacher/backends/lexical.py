@@ -70,12 +70,15 @@ class BM25Teacher(Teacher):
             raise RerankerError(f"the bm25 teacher's statistics must be one of {', '.join(STATISTICS)}, got {statistics!r}")
         super().__init__(k1=k1, b=b, statistics=statistics)
         self._stats: CorpusStatistics | None = None
+        self._corpus: Corpus | None = None
         self._terms: dict[str, Counter[str]] = {}  # candidates recur across queries: analyse each text once
         self.cache_size = 100_000
 
     def prepare(self, corpus: Corpus) -> None:
-        if self.params["statistics"] == "corpus":
+        """The corpus's statistics, computed once per corpus (the weight check and the labelling prepare the same one)."""
+        if self.params["statistics"] == "corpus" and self._corpus is not corpus:
             self._stats = CorpusStatistics.of(corpus)
+            self._corpus = corpus
 
     def _doc_terms(self, texts: Sequence[str]) -> list[Counter[str]]:
         new = sorted({t for t in texts if t not in self._terms})

@@ -211,3 +211,14 @@ def test_ensemble_and_registry_errors(monkeypatch):
     monkeypatch.setitem(TEACHERS.entries, "fancy", BackendSpec("no_such_module_abc", "X", "fancy", "test"))
     with pytest.raises(MissingDependencyError, match=r"enterprise-reranker\[fancy\]"):
         make_teacher("fancy")
+
+
+def test_bm25_teacher_computes_a_corpus_statistics_once():
+    teacher = make_teacher("bm25")
+    teacher.prepare(CORPUS)
+    first = teacher._stats
+    teacher.prepare(CORPUS)  # the pipeline's weight check and its labelling prepare the same corpus
+    assert teacher._stats is first
+    other = Corpus([Document("x", "solar solar")])
+    teacher.prepare(other)
+    assert teacher._stats is not first and teacher._stats.n_docs == 1

@@ -44,7 +44,7 @@ def label(
     from reranker.io.dataset import load_dataset, read_queries_file
     from reranker.io.trec import read_run, write_run
     from reranker.retrieval import build_index
-    from teacher.base import make_teacher
+    from teacher.base import make_teacher, read_teacher_file, write_teacher_file
     from teacher.labeling import label_pairs
     from teacher.mining import mine_candidates
     from teacher.store import LabelStore
@@ -67,8 +67,7 @@ def label(
     if fit_weights:
         t, fit = _fit_weights(t, qs, positives, ds.corpus, cands, fit_share, seed)
     if teacher_out is not None:
-        spec = {"teacher": t.name, "params": t.params, "fit": fit.to_dict() if fit else None}
-        teacher_out.write_text(json.dumps(spec, indent=2) + "\n")
+        write_teacher_file(teacher_out, t.name, t.params, fit.to_dict() if fit else None)
     with LabelStore(store) as st:
         if budget is not None:
             cands = _select(cands, budget, select, student, query_encoder, qs, ds.corpus, st, t, seed)
@@ -105,19 +104,6 @@ def _fit_weights(t, queries, positives, corpus, candidates, share: float, seed: 
         typer.echo(f"ensemble weights {fit.weights} ({'fitted' if fit.adopted else 'configured'}; fitted {fit.fitted}, p = {fit.p_value:.3g}, "
                    f"{fit.groups} held-out groups)")
     return fitted, fit
-
-
-def read_teacher_file(path: Path) -> tuple[str, dict]:
-    """(name, params) of a teacher JSON file; a clear error for anything else."""
-    from reranker.errors import DataFormatError
-
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataFormatError(path, getattr(exc, "lineno", None), f"not a readable JSON teacher file ({exc})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("teacher"), str) or not isinstance(spec.get("params", {}), dict):
-        raise DataFormatError(path, None, 'expected {"teacher": NAME, "params": {...}} (a pipeline run\'s teacher.json)')
-    return spec["teacher"], spec.get("params", {})
 
 
 def _student_scores(model_dir: Path, queries, corpus, candidates):

@@ -57,10 +57,11 @@ class Context:
     def teacher(self) -> tuple[str, dict[str, Any]]:
         """The teacher (name, parameters) that labelled this run: ``teacher.json`` of the labels stage (an ensemble's
         fitted weights), else the config's."""
+        from teacher.base import read_teacher_file
+
         path = self.path("teacher.json")
         if path.is_file():
-            spec = json.loads(path.read_text())
-            return spec["teacher"], spec["params"]
+            return read_teacher_file(path)
         return self.config.labels.teacher, dict(self.config.labels.params)
 
     def serving_model(self) -> tuple[Path, dict[str, Any]]:

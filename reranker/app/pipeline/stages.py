@@ -107,7 +107,7 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
     groups and split them into train and dev by query; ``teacher.json`` says which teacher labelled them, with what."""
     from reranker.io.trec import read_run
     from teacher.backends.ensemble import EnsembleTeacher
-    from teacher.base import make_teacher
+    from teacher.base import make_teacher, write_teacher_file
     from teacher.fusion import fit_on_queries
     from teacher.labeling import held_out_queries, label_pairs
     from teacher.store import LabelStore
@@ -121,8 +121,7 @@ def stage_labels(ctx: Context) -> dict[str, Any]:
     fit = None
     if lab.fit_weights and isinstance(teacher, EnsembleTeacher):
         teacher, fit = fit_on_queries(teacher, queries, positives, corpus, candidates, dev_ids)
-    spec = {"teacher": lab.teacher, "params": teacher.params if fit else dict(lab.params), "fit": fit.to_dict() if fit else None}
-    ctx.path("teacher.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_teacher_file(ctx.path("teacher.json"), lab.teacher, teacher.params if fit else dict(lab.params), fit.to_dict() if fit else None)
     figures = {"weights": fit.weights, "fit_adopted": fit.adopted, "fit_p": float(f"{fit.p_value:.3g}"), "fit_groups": fit.groups,
                "fit_mrr": [round(fit.mrr_configured, 4), round(fit.mrr_fitted, 4)]} if fit else {}
     with LabelStore(ctx.path("labels.sqlite")) as store:
